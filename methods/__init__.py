@@ -1,0 +1,1 @@
+"""Distillation methods: one registry of methods that tap any nn.Module by module name."""

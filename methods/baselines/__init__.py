@@ -1,0 +1,1 @@
+"""Baseline distillation methods (KD, FitNet, CWD, CIRKD, SKD, IFVD, FGD, MGD)."""

@@ -1,0 +1,1 @@
+"""MasKD: masked distillation with receptive tokens."""

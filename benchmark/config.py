@@ -1,0 +1,215 @@
+"""Typed configuration: frozen dataclasses filled from YAML strictly (unknown keys are errors).
+
+Layers, later wins: code defaults → preset (`configs/presets/<name>.yaml`) → `--set a.b=value`.
+Table specs (`configs/tables/*.yaml`) name rows; a row may override the student schedule.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from benchmark.errors import UserError
+
+CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Input size and augmentation; `n_train`/`n_val`/`seed` only shape the embedded generator."""
+
+    height: int = 128
+    width: int = 256
+    n_train: int = 1500
+    n_val: int = 200
+    seed: int = 0
+    flip: bool = True
+    scale_range: tuple[float, float] | None = None
+    crop: tuple[int, int] | None = None
+    workers: int = 2
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Architecture knobs shared by teacher and students (the paper: OS 8, ASPP rates 12/24/36)."""
+
+    output_stride: int = 8
+    aspp_rates: tuple[int, int, int] | None = None
+
+
+@dataclass(frozen=True)
+class ScheduleConfig:
+    """SGD + poly LR with the official floor: lr = floor + (lr0 - floor)(1 - it/max)^power."""
+
+    steps: int = 1000
+    batch_size: int = 8
+    lr: float = 0.02
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    poly_power: float = 0.9
+    lr_floor: float = 1e-4
+    aux_weight: float = 0.4
+
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """Stand-in for ImageNet pretraining on the embedded default: multi-label patch classification."""
+
+    steps: int = 300
+    batch_size: int = 32
+    patch: int = 64
+    n_scenes: int = 600
+    lr: float = 0.05
+    weight_decay: float = 1e-4
+
+
+@dataclass(frozen=True)
+class Preset:
+    """Everything that decides a run's result, plus logging cadence (not part of any key)."""
+
+    name: str = "cpu"
+    description: str = ""
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: ScheduleConfig = field(default_factory=ScheduleConfig)
+    student: ScheduleConfig = field(default_factory=ScheduleConfig)
+    pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    amp: bool = True
+    channels_last: bool = True
+    eval_batch_size: int = 8
+    log_every: int = 20
+    checkpoint_every: int = 100
+    tensorboard: bool = True
+
+
+NON_SEMANTIC = {"name", "description", "workers", "log_every", "checkpoint_every", "tensorboard",
+                "eval_batch_size"}
+
+
+def _unknown_key(key: str, valid: list[str], where: str) -> UserError:
+    close = difflib.get_close_matches(key, valid, n=1)
+    hint = f" Did you mean '{close[0]}'?" if close else ""
+    return UserError(f"unknown config key '{where}{key}'.{hint} Valid keys here: {', '.join(valid)}.")
+
+
+def _coerce(value: Any, hint: Any, where: str) -> Any:
+    """Check/convert one YAML value against a dataclass field type."""
+    if dataclasses.is_dataclass(hint):
+        if isinstance(value, hint):
+            return value
+        if not isinstance(value, dict):
+            raise UserError(f"config key '{where}' must be a mapping, got {value!r}.")
+        return from_dict(hint, value, where + ".")
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return None if value is None else _coerce(value, args[0], where)
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)):
+            raise UserError(f"config key '{where}' must be a list, got {value!r}.")
+        args = typing.get_args(hint)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return tuple(_coerce(v, args[0], where) for v in value)
+        if len(args) != len(value):
+            raise UserError(f"config key '{where}' must have {len(args)} values, got {value!r}.")
+        return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
+    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, bool, str) and type(value) is not hint:
+        raise UserError(f"config key '{where}' must be {hint.__name__}, got {value!r}.")
+    return value
+
+
+def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:
+    """Build dataclass `cls` from `data`, rejecting unknown keys with a close-match suggestion."""
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
+    unknown = [k for k in data if k not in fields]
+    if unknown:
+        raise _unknown_key(unknown[0], sorted(fields), where)
+    kwargs = {k: _coerce(v, hints[k], where + k) for k, v in data.items()}
+    return cls(**kwargs)
+
+
+def merge(base: Any, updates: dict[str, Any], where: str = "") -> Any:
+    """Return dataclass `base` with nested `updates` applied (strictly typed)."""
+    current = to_dict(base)
+    _deep_update(current, updates)
+    return from_dict(type(base), current, where)
+
+
+def _deep_update(target: dict[str, Any], updates: dict[str, Any]) -> None:
+    for key, value in updates.items():
+        if isinstance(value, dict) and isinstance(target.get(key), dict):
+            _deep_update(target[key], value)
+        else:
+            target[key] = value
+
+
+def to_dict(obj: Any) -> dict[str, Any]:
+    """Dataclass → plain dict with tuples as lists (YAML/JSON friendly)."""
+    return _listify(dataclasses.asdict(obj))
+
+
+def _listify(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _listify(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_listify(v) for v in value]
+    return value
+
+
+def semantic(config: dict[str, Any]) -> dict[str, Any]:
+    """Drop non-semantic fields (paths, workers, logging cadence) before hashing a config."""
+    return {k: semantic(v) if isinstance(v, dict) else v for k, v in config.items() if k not in NON_SEMANTIC}
+
+
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML mapping with a clear error for missing or malformed files."""
+    if not path.is_file():
+        raise UserError(f"config file not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        raise UserError(f"config file {path} is not valid YAML: {err}") from err
+    if not isinstance(data, dict):
+        raise UserError(f"config file {path} must hold a mapping at the top level.")
+    return data
+
+
+def available(kind: str) -> list[str]:
+    """Names of the shipped configs of one kind ('presets' or 'tables')."""
+    return sorted(p.stem for p in (CONFIG_DIR / kind).glob("*.yaml"))
+
+
+def load_preset(name: str, overrides: list[str] | None = None) -> Preset:
+    """Load `configs/presets/<name>.yaml` and apply `--set a.b=value` overrides."""
+    presets = available("presets")
+    if name not in presets:
+        close = difflib.get_close_matches(name, presets, n=1)
+        hint = f" Did you mean '{close[0]}'?" if close else ""
+        raise UserError(f"unknown preset '{name}'.{hint} Available presets: {', '.join(presets)}.")
+    data = {**read_yaml(CONFIG_DIR / "presets" / f"{name}.yaml"), "name": name}
+    return merge(from_dict(Preset, data), parse_overrides(overrides or []), "--set ")
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """`["teacher.steps=10", "data.flip=false"]` → nested dict (values parsed as YAML scalars)."""
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise UserError(f"--set expects KEY=VALUE (e.g. teacher.steps=200), got '{item}'.")
+        node = nested
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = yaml.safe_load(raw)
+    return nested

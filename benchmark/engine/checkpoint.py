@@ -1,0 +1,75 @@
+"""Atomic checkpoint and file writes; safe loading (`weights_only=True`) with user-facing errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from benchmark.errors import UserError
+
+
+def _atomic(path: Path, write: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            write(handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    """`torch.save` to a temp file in the same folder, then rename: a kill never leaves half a file."""
+    _atomic(path, lambda handle: torch.save(obj, handle))
+
+
+def atomic_write_text(text: str, path: Path) -> None:
+    _atomic(path, lambda handle: handle.write(text.encode()))
+
+
+def atomic_write_json(obj: Any, path: Path) -> None:
+    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
+
+
+def load_checkpoint(path: Path, required: tuple[str, ...] = (), what: str = "checkpoint") -> dict[str, Any]:
+    """Load a torch file with `weights_only=True`; missing/corrupt/foreign files raise UserError."""
+    if not path.is_file():
+        raise UserError(f"{what} not found: {path}. Check the path.")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # torch raises many types for truncated or foreign pickles
+        raise UserError(
+            f"{what} {path} cannot be read ({type(err).__name__}: {str(err).splitlines()[0][:200]}); "
+            "it is truncated, corrupt or not a PyTorch file. Point to a good file or delete this one "
+            "to recompute it."
+        ) from err
+    if not isinstance(obj, dict):
+        raise UserError(f"{what} {path} holds a {type(obj).__name__}, not a state dict.")
+    missing = [key for key in required if key not in obj]
+    if missing:
+        raise UserError(
+            f"{what} {path} is not one of ours: it lacks {', '.join(missing)}. "
+            "Point to a checkpoint written by this suite."
+        )
+    return obj
+
+
+def load_state_strict(module: torch.nn.Module, state: dict[str, Any], source: Path, what: str) -> None:
+    """`load_state_dict(strict=True)` with a readable UserError on mismatched keys or shapes."""
+    try:
+        module.load_state_dict(state, strict=True)
+    except (RuntimeError, KeyError) as err:
+        detail = " ".join(str(err).split())[:400]
+        raise UserError(
+            f"{what} {source} does not fit the model ({detail}). It was written for another "
+            "architecture or preset; give weights of the same model."
+        ) from err

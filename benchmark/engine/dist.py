@@ -1,0 +1,62 @@
+"""Distributed helpers: torchrun sets RANK/WORLD_SIZE/LOCAL_RANK; NCCL on CUDA, gloo on CPU."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+def init_from_env(device: torch.device) -> None:
+    """Join the process group when launched by torchrun (no-op for a single process)."""
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
+
+
+def rank() -> int:
+    return dist.get_rank() if dist.is_initialized() else 0
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def barrier() -> None:
+    if dist.is_initialized():
+        dist.barrier()
+
+
+def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
+    """Sum a tensor over ranks in place (identity for one process)."""
+    if dist.is_initialized():
+        dist.all_reduce(tensor)
+    return tensor
+
+
+def broadcast_object(obj: object) -> object:
+    """Rank 0's value of `obj` on every rank."""
+    if not dist.is_initialized():
+        return obj
+    holder = [obj]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]
+
+
+def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
+    """DDP-wrap the trainable unit; BatchNorm becomes SyncBN on CUDA.
+
+    PyTorch's SyncBatchNorm refuses CPU tensors under DDP, so CPU (gloo) runs keep per-process
+    BatchNorm statistics; the run log says so.
+    """
+    if not dist.is_initialized():
+        return module
+    if device.type == "cuda":
+        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        return nn.parallel.DistributedDataParallel(module, device_ids=[device.index])
+    return nn.parallel.DistributedDataParallel(module)

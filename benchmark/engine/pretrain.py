@@ -1,0 +1,109 @@
+"""Backbone pretraining: real ImageNet weights from a user file, else a cached stand-in on embedded data.
+
+The stand-in trains the backbone (output stride 32) with a linear head to recognise which of the 19
+classes appear in 64×64 patches of procedurally generated scenes that are disjoint from the train and
+val images (multi-label BCE). It is *not* ImageNet: it gives the backbone generic low-level filters
+of this domain, so that "pretrained vs scratch" means something on the embedded default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from benchmark.config import Preset, PretrainConfig, to_dict
+from benchmark.data.cityscapes import normalize_images
+from benchmark.data.pretrain_set import make_patch_classification_set
+from benchmark.data.synthetic import GENERATOR_VERSION
+from benchmark.engine import dist
+from benchmark.engine.cache import cache_entry
+from benchmark.models import build_backbone, load_backbone_weights
+
+NUM_LABELS = 19
+
+
+def file_digest(path: Path) -> str:
+    """Short sha1 of a file's bytes (keys of runs that use user-given weights)."""
+    digest = hashlib.sha1()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:12]
+
+
+def pretrain_key(backbone: str, preset: Preset) -> str:
+    blob = repr((backbone, to_dict(preset.pretrain), preset.data.height, preset.data.width, GENERATOR_VERSION))
+    return hashlib.sha1(blob.encode()).hexdigest()[:12]
+
+
+def backbone_source(backbone: str, preset: Preset, user_weights: dict[str, Path]) -> str:
+    """A short string naming the pretrained weights a run starts from (part of its key)."""
+    if backbone in user_weights:
+        return f"user:{user_weights[backbone].name}:{file_digest(user_weights[backbone])}"
+    return f"embedded-pretrain:{pretrain_key(backbone, preset)}"
+
+
+def pretrained_backbone_state(backbone: str, preset: Preset, cache_dir: Path, device: torch.device,
+                              user_weights: dict[str, Path]) -> Path | dict[str, torch.Tensor]:
+    """User weights file if given, else the cached (or freshly trained) stand-in state dict."""
+    if backbone in user_weights:
+        return user_weights[backbone]
+    entry = cache_entry(cache_dir, "pretrained", backbone, pretrain_key(backbone, preset))
+    if not entry.exists() and dist.is_main():
+        t0 = time.perf_counter()
+        state, metrics = train_standin(backbone, preset, device)
+        entry.store(state, {"backbone": backbone, "pretrain": to_dict(preset.pretrain),
+                            "wall_s": round(time.perf_counter() - t0, 1), **metrics})
+    dist.barrier()
+    return entry.state_dict()
+
+
+def train_standin(backbone_name: str, preset: Preset, device: torch.device) -> tuple[dict, dict]:
+    """Multi-label patch classification; returns the backbone state dict and held-out metrics."""
+    cfg: PretrainConfig = preset.pretrain
+    patches, targets = make_patch_classification_set(cfg.n_scenes, preset.data.height, preset.data.width,
+                                                     cfg.patch, seed=preset.data.seed)
+    images = normalize_images(torch.from_numpy(patches))
+    labels = torch.from_numpy(targets)
+    n_val = max(1, len(images) // 10)
+    train_x, train_y, val_x, val_y = images[n_val:], labels[n_val:], images[:n_val], labels[:n_val]
+    backbone = build_backbone(backbone_name, output_stride=32)
+    model = nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+                          nn.Linear(backbone.out_channels, NUM_LABELS)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    generator = torch.Generator().manual_seed(preset.data.seed)
+    torch.manual_seed(preset.data.seed)
+    model.train()
+    for _ in tqdm(range(cfg.steps), desc=f"pretrain {backbone_name}", disable=not dist.is_main()):
+        index = torch.randint(len(train_x), (cfg.batch_size,), generator=generator)
+        x = train_x[index]
+        flip = torch.rand(cfg.batch_size, generator=generator) < 0.5
+        x = torch.where(flip[:, None, None, None], x.flip(-1), x).to(device)
+        loss = F.binary_cross_entropy_with_logits(model(x), train_y[index].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        scheduler.step()
+    model.eval()
+    with torch.no_grad():
+        predicted = torch.cat([model(val_x[i : i + 64].to(device)).cpu() for i in range(0, n_val, 64)]) > 0
+    exact = (predicted == val_y.bool()).float().mean().item()
+    return backbone.state_dict(), {"heldout_label_accuracy": round(100 * exact, 2),
+                                   "heldout_patches": n_val, "train_patches": len(train_x)}
+
+
+def load_into(segmentor: nn.Module, source: Path | dict[str, torch.Tensor]) -> None:
+    """Load pretrained weights (a user file or a cached state dict) into a segmentor's backbone."""
+    if isinstance(source, Path):
+        load_backbone_weights(segmentor, source)
+    else:
+        segmentor.backbone.load_state_dict(source, strict=True)

@@ -1,0 +1,232 @@
+"""The training loop: poly SGD, AMP + channels_last on CUDA, atomic checkpoints, exact resume, NaN guard.
+
+Knows nothing about distillation: it trains a `TrainUnit` (student + loss modules) whose forward
+returns named loss terms, sums them, logs each one and evaluates the student at the end.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm import tqdm
+
+from benchmark.config import Preset, ScheduleConfig
+from benchmark.engine import dist
+from benchmark.engine.checkpoint import atomic_torch_save, load_checkpoint, load_state_strict
+from benchmark.engine.evaluate import evaluate
+from benchmark.engine.sampler import StepBatchSampler
+from benchmark.engine.task_loss import TrainUnit
+from benchmark.errors import UserError
+
+CHECKPOINT_FORMAT = "kdbench-train-v1"
+CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "step", "rng_cpu")
+
+
+class NonFiniteLossError(UserError):
+    """A loss term became NaN/inf; the last good checkpoint is kept."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    miou: float
+    class_iou: list[float]
+    steps: int
+    train_s: float
+    eval_s: float
+
+
+def poly_factor(step: int, schedule: ScheduleConfig) -> float:
+    """lr(step)/lr0 for lr = floor + (lr0 - floor)(1 - step/max)^power (the official MasKD floor)."""
+    lr0, floor = schedule.lr, min(schedule.lr_floor, schedule.lr)
+    lr = floor + (lr0 - floor) * (1 - step / schedule.steps) ** schedule.poly_power
+    return lr / lr0
+
+
+class Trainer:
+    """Trains `unit` for `schedule.steps` steps in `run_dir`, then evaluates `unit.student` on `val_set`."""
+
+    def __init__(self, unit: TrainUnit, schedule: ScheduleConfig, preset: Preset, train_set: Dataset,
+                 val_set: Dataset, run_dir: Path, device: torch.device, seed: int,
+                 num_classes: int = 19, desc: str = "train") -> None:
+        self.schedule, self.preset, self.device, self.seed = schedule, preset, device, seed
+        self.train_set, self.val_set, self.run_dir, self.num_classes = train_set, val_set, run_dir, num_classes
+        self.desc = desc
+        self.cuda = device.type == "cuda"
+        channels_last = self.cuda and preset.channels_last
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.unit = unit.to(device, memory_format=self.memory_format)
+        self.model = dist.wrap_ddp(self.unit, device)
+        params = [p for p in self.unit.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
+                                         weight_decay=schedule.weight_decay)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: poly_factor(s, schedule))
+        self.scaler = torch.amp.GradScaler(device.type, enabled=self.cuda and preset.amp)
+        self.world = dist.world_size()
+        if schedule.batch_size % self.world:
+            raise UserError(f"batch size {schedule.batch_size} is not divisible by {self.world} processes.")
+        self.checkpoint_path = run_dir / "checkpoint.pt"
+
+    # ---------------------------------------------------------------- checkpoints
+    def _state(self, step: int) -> dict[str, Any]:
+        return {
+            "format": CHECKPOINT_FORMAT, "step": step, "model": self.unit.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
+            "rng_cuda": torch.cuda.get_rng_state_all() if self.cuda else [],
+        }
+
+    def _save(self, step: int) -> None:
+        if dist.is_main():
+            atomic_torch_save(self._state(step), self.checkpoint_path)
+        dist.barrier()
+
+    def _restore(self) -> int:
+        state = load_checkpoint(self.checkpoint_path, CHECKPOINT_KEYS, what="run checkpoint")
+        if state["format"] != CHECKPOINT_FORMAT:
+            raise UserError(f"run checkpoint {self.checkpoint_path} has format {state['format']!r}; "
+                            f"expected {CHECKPOINT_FORMAT!r}. Start over with --force.")
+        load_state_strict(self.unit, state["model"], self.checkpoint_path, "run checkpoint")
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        torch.set_rng_state(state["rng_cpu"])
+        if self.cuda and state["rng_cuda"]:
+            torch.cuda.set_rng_state_all(state["rng_cuda"])
+        return int(state["step"])
+
+    def _start_step(self, resume: bool) -> int:
+        if self.checkpoint_path.exists():
+            if not resume:
+                raise UserError(
+                    f"{self.run_dir} already holds a checkpoint of this run. Pass --resume to continue "
+                    "it, or --force to start it over."
+                )
+            return self._restore()
+        torch.manual_seed(self.seed * 1000 + dist.rank())
+        return 0
+
+    # ---------------------------------------------------------------- loop
+    def _loader(self, start: int) -> DataLoader:
+        sampler = StepBatchSampler(len(self.train_set), self.schedule.batch_size // self.world,
+                                   self.schedule.steps, self.seed, start, dist.rank(), self.world)
+        workers = self.preset.data.workers
+        # A private generator: creating the loader iterator must not draw from the global RNG, which
+        # the checkpoint restores for dropout (else a resumed run diverges from an uninterrupted one).
+        generator = torch.Generator().manual_seed(self.seed)
+        return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers, generator=generator,
+                          pin_memory=self.cuda, persistent_workers=False,
+                          prefetch_factor=4 if workers else None)
+
+    def _check_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
+        values = torch.stack([v.detach().float() for v in losses.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+        kept = (f"the last good checkpoint is kept at {self.checkpoint_path}"
+                if self.checkpoint_path.exists() else "no checkpoint had been written yet")
+        raise NonFiniteLossError(
+            f"{self.desc}: loss became non-finite at step {step + 1}: "
+            + ", ".join(f"{k}={v}" for k, v in bad.items())
+            + f"; {kept}. Lower the learning rate or check the data, then --resume or --force."
+        )
+
+    def fit(self, resume: bool = False, stop_after: int | None = None) -> TrainResult | None:
+        """Train to the end (or until `stop_after` steps, returning None: a simulated kill)."""
+        start = self._start_step(resume)
+        logger = _Logger(self.run_dir, start, self.preset.tensorboard and dist.is_main())
+        self.model.train()
+        t0 = time.perf_counter()
+        bar = tqdm(total=self.schedule.steps, initial=start, desc=self.desc, dynamic_ncols=True,
+                   disable=not dist.is_main(), smoothing=0.05)
+        step = start
+        for images, labels in self._loader(start):
+            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
+            labels = labels.to(self.device, non_blocking=True)
+            with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
+                losses = self.model(images, labels)
+            self._check_finite(losses, step)
+            total = sum(losses.values())
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(total).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.scheduler.step()
+            step += 1
+            bar.update(1)
+            if step % self.preset.log_every == 0 or step == self.schedule.steps:
+                scalars = {k: float(v.detach()) for k, v in losses.items()}
+                scalars["lr"] = self.scheduler.get_last_lr()[0]
+                logger.log(step, scalars)
+                bar.set_postfix(loss=f"{float(total):.3f}")
+            if step % self.preset.checkpoint_every == 0 or step == self.schedule.steps:
+                self._save(step)
+            if stop_after is not None and step >= stop_after:
+                bar.close()
+                logger.close()
+                return None
+        bar.close()
+        logger.close()
+        train_s = time.perf_counter() - t0
+        t1 = time.perf_counter()
+        channels_last = self.memory_format == torch.channels_last
+        matrix = evaluate(self.unit.student, val_batches(self.val_set, self.preset.eval_batch_size),
+                          self.num_classes, self.device, amp=self.scaler.is_enabled(), channels_last=channels_last)
+        return TrainResult(matrix.miou(), matrix.class_iou(), step, train_s, time.perf_counter() - t1)
+
+
+def val_batches(val_set: Dataset, batch_size: int) -> DataLoader:
+    """This rank's shard of the validation split (no padding, so no image is counted twice)."""
+    shard = Subset(val_set, list(range(dist.rank(), len(val_set), dist.world_size())))
+    return DataLoader(shard, batch_size=batch_size, num_workers=0)
+
+
+class _Logger:
+    """CSV log (`log.csv`, one row per logged step, trimmed to the resumed step) and TensorBoard scalars."""
+
+    def __init__(self, run_dir: Path, start_step: int, tensorboard: bool) -> None:
+        self.path = run_dir / "log.csv"
+        self.fields: list[str] | None = None
+        self.main = dist.is_main()
+        if self.main and self.path.exists():
+            with self.path.open() as handle:
+                reader = csv.DictReader(handle)
+                rows = [r for r in reader if int(r["step"]) <= start_step]
+                self.fields = list(reader.fieldnames or [])
+            self._write(rows, "w")
+        self.writer = None
+        if tensorboard and self.main:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(str(run_dir / "tb"), purge_step=start_step + 1)
+
+    def _write(self, rows: list[dict[str, Any]], mode: str) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open(mode, newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=self.fields or [], extrasaction="ignore")
+            if mode == "w":
+                writer.writeheader()
+            writer.writerows(rows)
+
+    def log(self, step: int, scalars: dict[str, float]) -> None:
+        if not self.main:
+            return
+        row = {"step": step, "time": round(time.time(), 3), **scalars}
+        if self.fields is None:
+            self.fields = list(row)
+            self._write([row], "w")
+        else:
+            self._write([row], "a")
+        if self.writer is not None:
+            for name, value in scalars.items():
+                self.writer.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,145 @@
+"""Executes planned runs: teacher (cached once per key), students (one ledger row per finished run)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+
+from benchmark.config import Preset
+from benchmark.data.cityscapes import CITYSCAPES_CLASSES
+from benchmark.engine import dist
+from benchmark.engine.cache import cache_entry
+from benchmark.engine.checkpoint import atomic_write_text, load_checkpoint, load_state_strict
+from benchmark.engine.evaluate import evaluate
+from benchmark.engine.pretrain import file_digest, load_into, pretrained_backbone_state
+from benchmark.engine.task_loss import SegmentationLoss, TrainUnit
+from benchmark.engine.trainer import Trainer, TrainResult, val_batches
+from benchmark.ledger import Ledger
+from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m
+from benchmark.plan import RowSpec, RunSpec
+
+NUM_CLASSES = len(CITYSCAPES_CLASSES)
+
+
+@dataclass
+class Session:
+    """What every run of one CLI invocation shares."""
+
+    preset: Preset
+    preset_key: str
+    device: torch.device
+    out: Path
+    cache_dir: Path
+    data_id: str
+    train_set: torch.utils.data.Dataset
+    val_set: torch.utils.data.Dataset
+    user_weights: dict[str, Path]
+    teacher_ckpt: Path | None
+    resume: bool
+    force: bool
+    ledger: Ledger
+
+
+def build_model(row: RowSpec, session: Session) -> torch.nn.Module:
+    """The row's segmentor at the preset's output stride, with pretrained backbone weights if asked."""
+    arch = session.preset.model
+    model = build_segmentor(row.model, num_classes=NUM_CLASSES, output_stride=arch.output_stride,
+                            aspp_rates=arch.aspp_rates)
+    if row.pretrained:
+        backbone = BACKBONE_OF[row.model]
+        load_into(model, pretrained_backbone_state(backbone, session.preset, session.cache_dir,
+                                                   session.device, session.user_weights))
+    return model
+
+
+def _train(spec: RunSpec, session: Session, run_dir: Path) -> tuple[torch.nn.Module, TrainResult]:
+    if session.force and dist.is_main() and run_dir.exists():
+        shutil.rmtree(run_dir)
+    dist.barrier()
+    if dist.is_main():
+        atomic_write_text(yaml.safe_dump({"key": spec.key, "seed": spec.seed, **spec.config}), run_dir / "config.yaml")
+    model = build_model(spec.row, session)
+    unit = TrainUnit(model, SegmentationLoss(spec.schedule.aux_weight))
+    trainer = Trainer(unit, spec.schedule, session.preset, session.train_set, session.val_set, run_dir,
+                      session.device, spec.seed, NUM_CLASSES, desc=spec.name)
+    result = trainer.fit(resume=session.resume)
+    assert result is not None  # fit returns None only when asked to stop early
+    return model, result
+
+
+def _row(spec: RunSpec, session: Session, model: torch.nn.Module, miou: float, class_iou: list[float],
+         timing: dict[str, float], run_dir: Path) -> dict[str, Any]:
+    return {
+        "key": spec.key, "table": spec.table, "row": spec.row.id, "role": spec.role, "label": spec.row.label,
+        "model": spec.row.model, "method": spec.method, "pretrained": spec.row.pretrained,
+        "seed": spec.seed, "preset": session.preset.name, "preset_key": session.preset_key,
+        "data": session.data_id, "miou": round(miou, 4),
+        "class_iou": {c: round(100 * v, 3) for c, v in zip(CITYSCAPES_CLASSES, class_iou, strict=True)},
+        "steps": spec.schedule.steps, "batch_size": spec.schedule.batch_size,
+        "params_m": round(count_params_m(model), 3), "world_size": dist.world_size(),
+        "device": session.device.type, "run_dir": str(run_dir), **{k: round(v, 1) for k, v in timing.items()},
+        "finished_at": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        "torch": torch.__version__,
+    }
+
+
+def ensure_teacher(spec: RunSpec, session: Session) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The teacher model and its ledger row: user weights, else the cache, else train and cache."""
+    model = build_segmentor(spec.row.model, num_classes=NUM_CLASSES,
+                            output_stride=session.preset.model.output_stride,
+                            aspp_rates=session.preset.model.aspp_rates)
+    if session.teacher_ckpt is not None:
+        return model, _user_teacher(model, spec, session)
+    entry = cache_entry(session.cache_dir, "teachers", spec.row.model, spec.key)
+    if not entry.exists():
+        trained, result = _train(spec, session, entry.root / "run")
+        if dist.is_main():
+            meta = {"config": spec.config, "key": spec.key, "miou": result.miou, "class_iou": result.class_iou,
+                    "wall_s": {"train_s": result.train_s, "eval_s": result.eval_s}}
+            entry.store(trained.state_dict(), meta)
+        dist.barrier()
+    meta = entry.meta()
+    load_state_strict(model, entry.state_dict(), entry.weights_path, "cached teacher")
+    row = _row(spec, session, model, meta["miou"], meta["class_iou"], meta["wall_s"], entry.root)
+    return model, row
+
+
+def _user_teacher(model: torch.nn.Module, spec: RunSpec, session: Session) -> dict[str, Any]:
+    path = session.teacher_ckpt
+    assert path is not None
+    state = load_checkpoint(path, what="--teacher-ckpt")
+    for wrapper in ("state_dict", "model"):
+        if isinstance(state.get(wrapper), dict):
+            state = state[wrapper]
+    load_state_strict(model, state, path, "--teacher-ckpt")
+    key = f"{spec.key}-{file_digest(path)}"
+    cached = session.ledger.get(key)
+    if cached is not None:
+        return cached
+    model.to(session.device)
+    t0 = time.perf_counter()
+    matrix = evaluate(model, val_batches(session.val_set, session.preset.eval_batch_size), NUM_CLASSES,
+                      session.device, amp=session.preset.amp)
+    timing = {"train_s": 0.0, "eval_s": time.perf_counter() - t0}
+    return {**_row(spec, session, model, matrix.miou(), matrix.class_iou(), timing, path), "key": key}
+
+
+def run_student(spec: RunSpec, session: Session) -> dict[str, Any] | None:
+    """Train one student run unless the ledger already has it; returns its new ledger row."""
+    if session.ledger.has(spec.key) and not session.force:
+        return None
+    run_dir = session.out / "runs" / spec.row.id / f"{spec.method}-seed{spec.seed}-{spec.key}"
+    model, result = _train(spec, session, run_dir)
+    row = _row(spec, session, model, result.miou, result.class_iou,
+               {"train_s": result.train_s, "eval_s": result.eval_s}, run_dir)
+    if dist.is_main():
+        atomic_write_text(json.dumps(row, indent=2, default=str) + "\n", run_dir / "result.json")
+    return row

@@ -1,0 +1,156 @@
+"""One table end to end: data → plan → teacher → students → ledger → rendered table."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+import torch
+
+from benchmark.config import Preset
+from benchmark.data.cityscapes import CityscapesSegmentation, TrainAugment, data_fingerprint, find_pairs
+from benchmark.data.synthetic import SyntheticSpec, ensure_synthetic_cityscapes
+from benchmark.engine import dist
+from benchmark.engine.cache import cache_entry
+from benchmark.engine.pretrain import backbone_source
+from benchmark.errors import UserError
+from benchmark.experiment import Session, ensure_teacher, run_student
+from benchmark.ledger import Ledger
+from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m, measure_gflops
+from benchmark.plan import RunSpec, TableSpec, load_table_spec, not_run_reasons, plan_runs
+from tables.render import write_table
+from tables.table3 import build_table3
+
+# Rough sustained throughput of one KD-suite training step, used only by --dry-run estimates
+# (measured on 2 CPU cores with the cpu preset; an H100 does ~100x more).
+GFLOPS_PER_S = {"cpu": 60.0 * max(1, torch.get_num_threads()) / 2, "cuda": 6000.0}
+
+
+def _data_root(args: argparse.Namespace, preset: Preset) -> tuple[Path, str]:
+    if args.data_root is not None:
+        root = args.data_root.expanduser().resolve()
+        for split in ("train", "val"):
+            find_pairs(root, split)
+        return root, data_fingerprint(root)
+    d = preset.data
+    spec = SyntheticSpec(height=d.height, width=d.width, n_train=d.n_train, n_val=d.n_val, seed=d.seed)
+    if dist.is_main():
+        ensure_synthetic_cityscapes(spec, args.cache_dir)
+    dist.barrier()
+    root = args.cache_dir / "data" / spec.name
+    return root, data_fingerprint(root)
+
+
+def _datasets(root: Path, preset: Preset) -> tuple[CityscapesSegmentation, CityscapesSegmentation]:
+    d = preset.data
+    size = (d.height, d.width)
+    augment = TrainAugment(flip=d.flip, scale_range=d.scale_range, crop=d.crop)
+    return (CityscapesSegmentation(root, "train", size=size, augment=augment),
+            CityscapesSegmentation(root, "val", size=size))
+
+
+def _step_gflops(model: str, preset: Preset, batch: int) -> float:
+    """Forward+backward GFLOPs of one training step (3× the forward)."""
+    arch = preset.model
+    forward = measure_gflops(model, preset.data.height, preset.data.width, unit="flop",
+                             output_stride=arch.output_stride, aspp_rates=arch.aspp_rates)
+    return 3 * forward * batch
+
+
+def print_plan(teacher: RunSpec, runs: list[RunSpec], session_like: dict, preset: Preset,
+               device: torch.device) -> None:
+    """--dry-run: every run with its state (done / cached / resumable / to train) and a time estimate."""
+    ledger: Ledger = session_like["ledger"]
+    throughput = GFLOPS_PER_S[device.type]
+    total = 0.0
+    print(f"plan for table {teacher.table}, preset {preset.name} ({preset.description}), device {device}")
+    print(f"{'role':<11}{'run':<36}{'steps x batch':<15}{'state':<22}{'est. time':>10}")
+    for run in [teacher, *runs]:
+        if run.role == "teacher":
+            entry = cache_entry(session_like["cache_dir"], "teachers", run.row.model, run.key)
+            done = entry.exists() or session_like["teacher_ckpt"] is not None
+            state = "cached teacher" if done else "to train"
+            checkpoint = entry.root / "run" / "checkpoint.pt"
+        else:
+            done = ledger.has(run.key) and not session_like["force"]
+            state = "in ledger (skipped)" if done else "to train"
+            checkpoint = session_like["out"] / "runs" / run.row.id / f"{run.method}-seed{run.seed}-{run.key}"
+            checkpoint = checkpoint / "checkpoint.pt"
+        if not done and checkpoint.exists():
+            state = "resumable (--resume)"
+        seconds = 0.0 if done else _step_gflops(run.row.model, preset, run.schedule.batch_size) \
+            * run.schedule.steps / throughput
+        total += seconds
+        sched = f"{run.schedule.steps} x {run.schedule.batch_size}"
+        print(f"{run.role:<11}{run.name:<36}{sched:<15}{state:<22}{seconds / 60:>8.1f} m")
+    print(f"estimated training time: {total / 60:.1f} min (rough; excludes data generation, backbone "
+          "pretraining and evaluation)")
+
+
+def _caption(spec: TableSpec, preset: Preset, data_id: str, seeds: list[int], sources: dict[str, str]) -> str:
+    t, s = preset.teacher, preset.student
+    pretrained = "; ".join(sorted({f"{BACKBONE_OF[m]}: {src}" for m, src in sources.items()}))
+    return (
+        f"Preset '{preset.name}' ({preset.description}); data {data_id}; "
+        f"{preset.data.height}x{preset.data.width} images, output stride {preset.model.output_stride}, "
+        f"ASPP rates {preset.model.aspp_rates or 'paper'}. Teacher schedule: {t.steps} steps x batch "
+        f"{t.batch_size}, lr {t.lr}; students: {s.steps} steps x batch {s.batch_size}, lr {s.lr} (poly "
+        f"{s.poly_power}, floor {s.lr_floor}). Seeds {', '.join(map(str, seeds))}. Final-checkpoint val mIoU "
+        f"(the paper reports the best validation checkpoint). Pretrained backbones: {pretrained} "
+        "('embedded-pretrain' = our stand-in for ImageNet: multi-label patch classification on "
+        "generated scenes disjoint from train/val; 'user:' = weights file given with --backbone-weights)."
+    )
+
+
+def _complexity(spec: TableSpec) -> dict[str, tuple[float, float]]:
+    """Params (M) and GFLOPs at 1024×2048 of each model at the paper's architecture (OS8)."""
+    models = {r.model for r in (spec.teacher, *spec.students)}
+    return {m: (count_params_m(build_segmentor(m)), measure_gflops(m)) for m in sorted(models)}
+
+
+def render(spec: TableSpec, ledger: Ledger, preset_key: str, data_id: str, seeds: list[int],
+           caption: str, out: Path) -> str:
+    frame = ledger.frame()
+    if len(frame):
+        frame = frame[(frame["preset_key"] == preset_key) & (frame["data"] == data_id)]
+        frame = frame[(frame["role"] == "teacher") | frame["seed"].isin(seeds)]
+    context = {"caption": caption, "not_run": not_run_reasons(spec), "complexity": _complexity(spec)}
+    table = build_table3(frame, spec.raw(), context)
+    md_path, tex_path = write_table(table, out / "tables", f"table{spec.table}")
+    return f"{md_path.read_text()}\nwritten: {md_path} and {tex_path}"
+
+
+def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device: torch.device,
+              user_weights: dict[str, Path]) -> int:
+    dist.init_from_env(device)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    spec = load_table_spec(args.table, args.config)
+    if spec.table != "3":
+        raise UserError(f"table {spec.table} has no renderer yet; available: 3.")
+    ledger = Ledger(args.out / "ledger.csv")
+    ledger.frame()  # a corrupt ledger stops us here, before any training
+    root, data_id = _data_root(args, preset)
+    sources = {m: backbone_source(b, preset, user_weights) for m, b in BACKBONE_OF.items()}
+    teacher, runs = plan_runs(spec, preset, args.seeds, data_id, sources, args.rows)
+    if args.dry_run:
+        print_plan(teacher, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
+                                   "teacher_ckpt": args.teacher_ckpt, "force": args.force}, preset, device)
+        return 0
+    train_set, val_set = _datasets(root, preset)
+    session = Session(preset, preset_key, device, args.out, args.cache_dir, data_id, train_set, val_set,
+                      user_weights, args.teacher_ckpt, args.resume, args.force, ledger)
+    _, teacher_row = ensure_teacher(teacher, session)
+    if dist.is_main() and not ledger.has(teacher_row["key"]):
+        ledger.append(teacher_row)
+    for run in runs:
+        row = run_student(run, session)
+        if row is not None and dist.is_main():
+            ledger.append(row)
+            print(f"{run.name}: mIoU {row['miou']:.2f} ({row['train_s'] / 60:.1f} min)")
+    if dist.is_main():
+        caption = _caption(spec, preset, data_id, args.seeds, {m: sources[m] for m in
+                                                               {r.model for r in (spec.teacher, *spec.students)}})
+        print(render(spec, ledger, preset_key, data_id, args.seeds, caption, args.out))
+    dist.barrier()
+    return 0

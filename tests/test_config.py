@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from benchmark.config import (
+    Preset,
+    ScheduleConfig,
+    available,
+    from_dict,
+    load_preset,
+    merge,
+    parse_overrides,
+    semantic,
+    to_dict,
+)
+from benchmark.errors import UserError
+from benchmark.plan import load_table_spec
+
+
+def test_all_presets_load_and_name_themselves() -> None:
+    assert available("presets") == ["cpu", "gpu", "paper", "smoke"]
+    for name in available("presets"):
+        preset = load_preset(name)
+        assert preset.name == name
+        assert preset.teacher.steps >= preset.student.steps
+
+
+def test_paper_preset_encodes_the_official_recipe() -> None:
+    paper = load_preset("paper")
+    assert (paper.teacher.lr, paper.teacher.batch_size, paper.teacher.steps) == (0.02, 16, 40000)
+    assert (paper.student.weight_decay, paper.student.lr_floor, paper.student.aux_weight) == (5e-4, 1e-4, 0.4)
+    assert paper.data.crop == (512, 1024) and paper.data.scale_range == (0.5, 2.0)
+    assert paper.model.output_stride == 8 and paper.model.aspp_rates == (12, 24, 36)
+
+
+def test_unknown_key_suggests_the_close_match() -> None:
+    with pytest.raises(UserError, match="unknown config key 'stpes'.*Did you mean 'steps'"):
+        from_dict(ScheduleConfig, {"stpes": 10})
+    with pytest.raises(UserError, match=r"'--set student\.lr' must be|unknown config key '--set student.lrr'"):
+        load_preset("smoke", ["student.lrr=0.1"])
+
+
+def test_wrong_type_is_rejected() -> None:
+    with pytest.raises(UserError, match="'steps' must be int"):
+        from_dict(ScheduleConfig, {"steps": "many"})
+    with pytest.raises(UserError, match="'data' must be a mapping"):
+        from_dict(Preset, {"data": 3})
+
+
+def test_overrides_are_typed_and_nested() -> None:
+    assert parse_overrides(["student.steps=7", "data.flip=false"]) == {"student": {"steps": 7}, "data": {"flip": False}}
+    preset = load_preset("smoke", ["student.steps=7", "student.lr=1"])
+    assert preset.student.steps == 7 and preset.student.lr == 1.0 and isinstance(preset.student.lr, float)
+    with pytest.raises(UserError, match="KEY=VALUE"):
+        parse_overrides(["student.steps"])
+
+
+def test_unknown_preset_and_table_name_the_choices() -> None:
+    with pytest.raises(UserError, match="unknown preset 'cpuu'.*Did you mean 'cpu'.*smoke"):
+        load_preset("cpuu")
+    with pytest.raises(UserError, match="unknown table '33'.*Available tables: 3"):
+        load_table_spec("33", None)
+
+
+def test_table_spec_rows_are_strict(tmp_path: Path) -> None:
+    spec = load_table_spec("3", None)
+    assert [r.id for r in spec.students] == ["r18", "r18_scratch", "mbv2", "psp_r18"]
+    assert spec.teacher.model == "deeplabv3_r101" and not spec.students[1].pretrained
+    bad = tmp_path / "t.yaml"
+    bad.write_text("table: 9\ntitle: x\nteacher: {id: t, model: m, label: l, pretrianed: true}\nstudents: []\n")
+    with pytest.raises(UserError, match="'teacher.pretrianed'.*Did you mean 'pretrained'"):
+        load_table_spec(None, bad)
+
+
+def test_semantic_drops_logging_and_workers_only() -> None:
+    cfg = semantic(to_dict(load_preset("cpu")))
+    assert "log_every" not in cfg and "workers" not in cfg["data"] and "name" not in cfg
+    assert cfg["student"]["steps"] == load_preset("cpu").student.steps
+    assert merge(load_preset("cpu"), {"log_every": 1}).log_every == 1

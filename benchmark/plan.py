@@ -48,6 +48,7 @@ class TableSpec:
     methods: tuple[str, ...] = ("baseline",)
     diagnostics: tuple[RowSpec, ...] = ()
     task: str = "seg"
+    flops_note: str | None = None
 
     def raw(self) -> dict[str, Any]:
         """Plain-dict form for the table renderer."""

@@ -36,7 +36,7 @@ def test_paper_preset_encodes_the_official_recipe() -> None:
 
 
 def test_unknown_key_suggests_the_close_match() -> None:
-    with pytest.raises(UserError, match="unknown config key 'stpes'.*Did you mean 'steps'"):
+    with pytest.raises(UserError, match=r"unknown config key 'stpes'.*Did you mean 'steps'"):
         from_dict(ScheduleConfig, {"stpes": 10})
     with pytest.raises(UserError, match=r"'--set student\.lr' must be|unknown config key '--set student.lrr'"):
         load_preset("smoke", ["student.lrr=0.1"])
@@ -58,9 +58,9 @@ def test_overrides_are_typed_and_nested() -> None:
 
 
 def test_unknown_preset_and_table_name_the_choices() -> None:
-    with pytest.raises(UserError, match="unknown preset 'cpuu'.*Did you mean 'cpu'.*smoke"):
+    with pytest.raises(UserError, match=r"unknown preset 'cpuu'.*Did you mean 'cpu'.*smoke"):
         load_preset("cpuu")
-    with pytest.raises(UserError, match="unknown table '33'.*Available tables: 3"):
+    with pytest.raises(UserError, match=r"unknown table '33'.*Available tables: 3"):
         load_table_spec("33", None)
 
 
@@ -70,7 +70,7 @@ def test_table_spec_rows_are_strict(tmp_path: Path) -> None:
     assert spec.teacher.model == "deeplabv3_r101" and not spec.students[1].pretrained
     bad = tmp_path / "t.yaml"
     bad.write_text("table: 9\ntitle: x\nteacher: {id: t, model: m, label: l, pretrianed: true}\nstudents: []\n")
-    with pytest.raises(UserError, match="'teacher.pretrianed'.*Did you mean 'pretrained'"):
+    with pytest.raises(UserError, match=r"'teacher.pretrianed'.*Did you mean 'pretrained'"):
         load_table_spec(None, bad)
 
 

@@ -106,7 +106,7 @@ class _NanAfter(torch.nn.Module):
         super().__init__()
         self.calls, self.at = 0, at
 
-    def forward(self, images, labels, outputs):  # noqa: ANN001
+    def forward(self, images: torch.Tensor, labels: torch.Tensor, outputs: dict) -> dict[str, torch.Tensor]:
         self.calls += 1
         value = outputs["out"].mean() * 0
         return {"loss_weird": value + (math.nan if self.calls >= self.at else 0.0)}

@@ -66,6 +66,7 @@ def _train(spec: RunSpec, session: Session, run_dir: Path) -> tuple[torch.nn.Mod
     dist.barrier()
     if dist.is_main():
         atomic_write_text(yaml.safe_dump({"key": spec.key, "seed": spec.seed, **spec.config}), run_dir / "config.yaml")
+    torch.manual_seed(spec.seed)  # initial weights depend on the run's seed only, not on what ran before
     model = build_model(spec.row, session)
     unit = TrainUnit(model, SegmentationLoss(spec.schedule.aux_weight))
     trainer = Trainer(unit, spec.schedule, session.preset, session.train_set, session.val_set, run_dir,

@@ -37,6 +37,7 @@ class RowSpec:
     schedule: dict[str, Any] = field(default_factory=dict)
     schedule_from: str | None = None
     note: str | None = None
+    methods: tuple[str, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -142,5 +143,5 @@ def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str,
 
 def not_run_reasons(spec: TableSpec) -> dict[tuple[str, str], str]:
     """Cells that this version cannot fill, with the reason shown in the table."""
-    return {(row.id, method): f"not run: {method} is not implemented yet"
+    return {(row.id, method): f"{method} is not implemented yet"
             for row in spec.students for method in spec.methods if method not in IMPLEMENTED_METHODS}

@@ -72,7 +72,7 @@ def _model_line(runs: pd.DataFrame, row: dict, methods: list[str], context: dict
     base = _measured(runs, row["id"], "baseline")
     paper_base = None if paper is None else paper["methods"].get("baseline", (None, None))[0]
     for m in methods:
-        if m not in row.get("methods", methods):
+        if m not in (row.get("methods") or methods):
             cells.append("–")
             continue
         stat = _measured(runs, row["id"], m)

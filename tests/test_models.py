@@ -188,8 +188,7 @@ def test_build_errors() -> None:
     assert all(name in str(err.value) for name in list_models())
     with pytest.raises(UserError, match="output_stride must be 8 or 16"):
         build_segmentor("deeplabv3_r18", output_stride=32)
-    with pytest.raises(UserError, match="DeepLabV3 models only"):
-        build_segmentor("pspnet_r18", aspp_rates=(1, 2, 3))
+    assert count_params_m(build_segmentor("pspnet_r18", aspp_rates=(1, 2, 3))) == pytest.approx(12.92, abs=0.01)
     with pytest.raises(UserError, match="three positive integers"):
         build_segmentor("deeplabv3_r18", aspp_rates=(0, 2, 3))
     with pytest.raises(UserError, match="unknown stem 'v1c'"):

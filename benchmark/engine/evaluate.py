@@ -12,8 +12,6 @@ from tqdm import tqdm
 
 from benchmark.engine import dist
 
-IGNORE_INDEX = 255
-
 
 class ConfusionMatrix:
     """Accumulates a [K, K] matrix (rows: ground truth, columns: prediction); DDP-summed on compute."""

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.engine.evaluate import IGNORE_INDEX, upsample
+from benchmark.data.cityscapes import IGNORE_INDEX
+from benchmark.engine.evaluate import upsample
 
 
 class SegmentationLoss(nn.Module):

@@ -164,7 +164,7 @@ class Trainer:
                 scalars = {k: float(v.detach()) for k, v in losses.items()}
                 scalars["lr"] = self.scheduler.get_last_lr()[0]
                 logger.log(step, scalars)
-                bar.set_postfix(loss=f"{float(total):.3f}")
+                bar.set_postfix(loss=f"{float(total.detach()):.3f}")
             if step % self.preset.checkpoint_every == 0 or step == self.schedule.steps:
                 self._save(step)
             if stop_after is not None and step >= stop_after:

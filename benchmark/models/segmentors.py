@@ -80,7 +80,8 @@ def build_segmentor(
     """Build a registered segmentor.
 
     ``output_stride`` 8 (paper: layer3/layer4 dilated 2/4) or 16 (layer4 dilated 2). ``aspp_rates`` None
-    means the paper's (12, 24, 36) at OS8 and (6, 12, 18) at OS16; DeepLabV3 models only. ``stem`` "deep"
+    means the paper's (12, 24, 36) at OS8 and (6, 12, 18) at OS16; models without ASPP (PSPNet) ignore it, so
+    one preset value serves a whole table. ``stem`` "deep"
     (paper, v1s) or "torchvision" (7×7, loads torchvision ImageNet weights); ignored by MobileNetV2.
     """
     _check_name(name)
@@ -89,11 +90,8 @@ def build_segmentor(
         raise UserError(f"output_stride must be 8 or 16 for segmentation, got {output_stride}")
     if num_classes < 1:
         raise UserError(f"num_classes must be positive, got {num_classes}")
-    if aspp_rates is not None:
-        if spec["head"] != "aspp":
-            raise UserError(f"aspp_rates applies to DeepLabV3 models only, not {name!r}; drop it")
-        if len(aspp_rates) != 3 or any(int(r) != r or r < 1 for r in aspp_rates):
-            raise UserError(f"aspp_rates must be three positive integers, got {aspp_rates!r}")
+    if aspp_rates is not None and (len(aspp_rates) != 3 or any(int(r) != r or r < 1 for r in aspp_rates)):
+        raise UserError(f"aspp_rates must be three positive integers, got {aspp_rates!r}")
     backbone = build_backbone(spec["backbone"], output_stride, stem)
     if spec["head"] == "aspp":
         rates = tuple(aspp_rates) if aspp_rates is not None else PAPER_ASPP_RATES[output_stride]

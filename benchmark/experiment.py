@@ -13,11 +13,12 @@ from typing import Any
 import torch
 import yaml
 
+from benchmark.atomic import atomic_write_text
 from benchmark.config import Preset
 from benchmark.data.cityscapes import CITYSCAPES_CLASSES
 from benchmark.engine import dist
 from benchmark.engine.cache import cache_entry
-from benchmark.engine.checkpoint import atomic_write_text, load_checkpoint, load_state_strict
+from benchmark.engine.checkpoint import load_checkpoint, load_state_strict
 from benchmark.engine.evaluate import evaluate
 from benchmark.engine.pretrain import file_digest, load_into, pretrained_backbone_state
 from benchmark.engine.task_loss import SegmentationLoss, TrainUnit

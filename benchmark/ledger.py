@@ -6,14 +6,13 @@ import hashlib
 import io
 import json
 import numbers
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, NoReturn
 
 import pandas as pd
 from filelock import FileLock
 
+from benchmark.atomic import atomic_write_bytes
 from benchmark.errors import UserError
 
 
@@ -21,22 +20,6 @@ def experiment_key(config: dict, seed: int) -> str:
     """First 12 hex chars of the sha1 of canonical JSON (sorted keys) of the resolved config and seed."""
     blob = json.dumps({"config": config, "seed": seed}, sort_keys=True, separators=(",", ":"))
     return hashlib.sha1(blob.encode("utf-8")).hexdigest()[:12]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write `data` to a temp file in the same directory, fsync it and `os.replace` it onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            os.fchmod(f.fileno(), 0o644)  # mkstemp creates 0600; results are meant to be shared
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _encode(value: Any) -> str | None:

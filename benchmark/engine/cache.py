@@ -17,7 +17,8 @@ import torch
 import torchvision
 
 import benchmark
-from benchmark.engine.checkpoint import atomic_torch_save, atomic_write_json, load_checkpoint
+from benchmark.atomic import atomic_write_json
+from benchmark.engine.checkpoint import atomic_torch_save, load_checkpoint
 from benchmark.errors import UserError
 
 WEIGHTS_FORMAT = "kdbench-weights-v1"

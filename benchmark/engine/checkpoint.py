@@ -2,42 +2,18 @@
 
 from __future__ import annotations
 
-import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from benchmark.atomic import atomic_write
 from benchmark.errors import UserError
-
-
-def _atomic(path: Path, write: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            write(handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
     """`torch.save` to a temp file in the same folder, then rename: a kill never leaves half a file."""
-    _atomic(path, lambda handle: torch.save(obj, handle))
-
-
-def atomic_write_text(text: str, path: Path) -> None:
-    _atomic(path, lambda handle: handle.write(text.encode()))
-
-
-def atomic_write_json(obj: Any, path: Path) -> None:
-    atomic_write_text(json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n", path)
+    atomic_write(path, lambda handle: torch.save(obj, handle))
 
 
 def load_checkpoint(path: Path, required: tuple[str, ...] = (), what: str = "checkpoint") -> dict[str, Any]:

@@ -34,6 +34,8 @@ def _data_root(args: argparse.Namespace, preset: Preset) -> tuple[Path, str]:
         return root, data_fingerprint(root)
     d = preset.data
     spec = SyntheticSpec(height=d.height, width=d.width, n_train=d.n_train, n_val=d.n_val, seed=d.seed)
+    if args.dry_run:  # a plan needs the data's name (the manifest's), not the data
+        return args.cache_dir / "data" / spec.name, spec.name
     if dist.is_main():
         ensure_synthetic_cityscapes(spec, args.cache_dir)
     dist.barrier()
@@ -52,7 +54,8 @@ def _datasets(root: Path, preset: Preset) -> tuple[CityscapesSegmentation, Citys
 def _step_gflops(model: str, preset: Preset, batch: int) -> float:
     """Forward+backward GFLOPs of one training step (3× the forward)."""
     arch = preset.model
-    forward = measure_gflops(model, preset.data.height, preset.data.width, unit="flop",
+    height, width = preset.data.crop or (preset.data.height, preset.data.width)
+    forward = measure_gflops(model, height, width, unit="flop",
                              output_stride=arch.output_stride, aspp_rates=arch.aspp_rates)
     return 3 * forward * batch
 

@@ -173,3 +173,11 @@ def test_ddp_two_processes_on_cpu_with_gloo(smoke_out: Path, cache: Path, tmp_pa
     ledger = pd.read_csv(tmp_path / "ledger.csv").set_index("row")
     assert ledger.loc["mbv2", "world_size"] == 2 and 0 <= ledger.loc["mbv2", "miou"] <= 100
     assert result.stdout.count("mbv2/baseline/seed0: mIoU") == 1  # rank 0 reports, once
+
+
+def test_dry_run_plans_without_generating_or_training(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    assert _run(tmp_path / "cache", tmp_path / "out", "--dry-run") == 0
+    plan = capsys.readouterr().out
+    assert "teacher/baseline/seed0" in plan and "r18_teacher_schedule/baseline/seed0" in plan
+    assert plan.count("to train") == 6 and "estimated training time" in plan
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

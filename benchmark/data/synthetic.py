@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from tqdm import tqdm
 
 from benchmark.data._street import StreetScene
+from benchmark.progress import progress as progress_bar
 
 GENERATOR_VERSION: int = 1
 TRAIN_CITIES = ("aachen", "bochum", "bremen", "cologne", "darmstadt", "dusseldorf", "erfurt", "hamburg",
@@ -67,7 +67,7 @@ def ensure_synthetic_cityscapes(spec: SyntheticSpec, cache_dir: Path, progress: 
     tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=target.parent))  # all a killed run leaves
     try:
         jobs = [(split, i) for split, n in (("train", spec.n_train), ("val", spec.n_val)) for i in range(n)]
-        for split, i in tqdm(jobs, desc=f"generating {spec.name}", unit="img", disable=not progress):
+        for split, i in progress_bar(jobs, desc=f"generating {spec.name}", unit="img", disable=not progress):
             rgb, lab = render_scene(scene_rng(spec.seed, SPLIT_CODES[split], i), spec.height, spec.width)
             city, stem = image_stem(split, i)
             for arr, folder, suffix in ((rgb, "leftImg8bit", "leftImg8bit"), (lab, "gtFine", "gtFine_labelIds")):

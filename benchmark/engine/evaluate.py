@@ -8,9 +8,9 @@ from collections.abc import Iterable
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from benchmark.engine import dist
+from benchmark.progress import progress as progress_bar
 
 
 class ConfusionMatrix:
@@ -70,7 +70,7 @@ def evaluate(
     model.eval()
     matrix = ConfusionMatrix(num_classes, device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    for images, labels in tqdm(batches, desc="eval", leave=False, disable=not (progress and dist.is_main())):
+    for images, labels in progress_bar(batches, desc="eval", leave=False, disable=not progress):
         images = images.to(device, non_blocking=True).contiguous(memory_format=fmt)
         with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
             prediction = predict(model, images)

@@ -16,7 +16,6 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import nn
-from tqdm import tqdm
 
 from benchmark.config import Preset, PretrainConfig, to_dict
 from benchmark.data.cityscapes import normalize_images
@@ -25,6 +24,7 @@ from benchmark.data.synthetic import GENERATOR_VERSION
 from benchmark.engine import dist
 from benchmark.engine.cache import cache_entry
 from benchmark.models import build_backbone, load_backbone_weights
+from benchmark.progress import progress
 
 NUM_LABELS = 19
 
@@ -83,7 +83,7 @@ def train_standin(backbone_name: str, preset: Preset, device: torch.device) -> t
     generator = torch.Generator().manual_seed(preset.data.seed)
     torch.manual_seed(preset.data.seed)
     model.train()
-    for _ in tqdm(range(cfg.steps), desc=f"pretrain {backbone_name}", disable=not dist.is_main()):
+    for _ in progress(range(cfg.steps), desc=f"pretrain {backbone_name}"):
         index = torch.randint(len(train_x), (cfg.batch_size,), generator=generator)
         x = train_x[index]
         flip = torch.rand(cfg.batch_size, generator=generator) < 0.5

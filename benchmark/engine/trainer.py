@@ -15,7 +15,6 @@ from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset, Subset
-from tqdm import tqdm
 
 from benchmark.config import Preset, ScheduleConfig
 from benchmark.engine import dist
@@ -24,6 +23,7 @@ from benchmark.engine.evaluate import evaluate
 from benchmark.engine.sampler import StepBatchSampler
 from benchmark.engine.task_loss import TrainUnit
 from benchmark.errors import UserError
+from benchmark.progress import progress
 
 CHECKPOINT_FORMAT = "kdbench-train-v1"
 CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "step", "rng_cpu")
@@ -143,8 +143,7 @@ class Trainer:
         logger = _Logger(self.run_dir, start, self.preset.tensorboard and dist.is_main())
         self.model.train()
         t0 = time.perf_counter()
-        bar = tqdm(total=self.schedule.steps, initial=start, desc=self.desc, dynamic_ncols=True,
-                   disable=not dist.is_main(), smoothing=0.05)
+        bar = progress(total=self.schedule.steps, initial=start, desc=self.desc, smoothing=0.05)
         step = start
         for images, labels in self._loader(start):
             images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)

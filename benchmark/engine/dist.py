@@ -39,15 +39,6 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def broadcast_object(obj: object) -> object:
-    """Rank 0's value of `obj` on every rank."""
-    if not dist.is_initialized():
-        return obj
-    holder = [obj]
-    dist.broadcast_object_list(holder, src=0)
-    return holder[0]
-
-
 def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     """DDP-wrap the trainable unit; BatchNorm becomes SyncBN on CUDA.
 

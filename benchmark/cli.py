@@ -13,6 +13,7 @@ import torch
 
 from benchmark.config import available, load_preset, semantic, to_dict
 from benchmark.errors import UserError
+from benchmark.plan import table_names
 
 DEFAULT_CACHE = Path(os.environ.get("KDBENCH_CACHE", Path.home() / ".cache" / "kdbench"))
 
@@ -25,11 +26,12 @@ def parser() -> argparse.ArgumentParser:
         epilog="Example: python benchmark/run.py --table 3 --preset cpu --seeds 0 1 2",
     )
     what = p.add_mutually_exclusive_group(required=True)
-    what.add_argument("--table", help=f"paper table to reproduce ({', '.join(_tables())})")
+    what.add_argument("--table", help=f"paper table to reproduce ({', '.join(table_names())})")
     what.add_argument("--config", type=Path, help="a table spec YAML (same format as configs/tables/)")
     p.add_argument("--preset", help=f"{', '.join(available('presets'))}; default: gpu with CUDA, else cpu")
     p.add_argument("--seeds", type=int, nargs="+", default=[0], help="student seeds (default: 0)")
     p.add_argument("--rows", nargs="+", help="only these row ids of the table (default: all)")
+    p.add_argument("--methods", nargs="+", help="only these method columns of the table (default: all)")
     p.add_argument("--data-root", type=Path, help="real Cityscapes root (default: embedded synthetic data)")
     p.add_argument("--out", type=Path, default=Path("results"), help="ledger, runs and tables (default: results/)")
     p.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE,
@@ -45,10 +47,6 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--force", action="store_true", help="retrain runs the ledger already has")
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs, cache state, time) and exit")
     return p
-
-
-def _tables() -> list[str]:
-    return [name.removeprefix("table") for name in available("tables")]
 
 
 def _device(name: str | None) -> torch.device:

@@ -81,6 +81,11 @@ class Preset:
     teacher: ScheduleConfig = field(default_factory=ScheduleConfig)
     student: ScheduleConfig = field(default_factory=ScheduleConfig)
     pretrain: PretrainConfig = field(default_factory=PretrainConfig)
+    # Method stages on the frozen teacher (MasKD token learning; official: SGD lr 0.1, wd 1e-3, 10k steps).
+    tokens: ScheduleConfig = field(default_factory=lambda: ScheduleConfig(steps=10000, batch_size=16, lr=0.1,
+                                                                          weight_decay=1e-3))
+    # Per-method option overrides for this preset (e.g. CIRKD's memory sized to the embedded data).
+    methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     amp: bool = True
     channels_last: bool = True
     eval_batch_size: int = 8

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
 import json
 import shutil
@@ -14,18 +15,20 @@ import torch
 import yaml
 
 from benchmark.atomic import atomic_write_text
-from benchmark.config import Preset
+from benchmark.config import Preset, ScheduleConfig, merge, semantic, to_dict
 from benchmark.data.cityscapes import CITYSCAPES_CLASSES
 from benchmark.engine import dist
 from benchmark.engine.cache import cache_entry
 from benchmark.engine.checkpoint import load_checkpoint, load_state_strict
+from benchmark.engine.distill import DistillationLoss
 from benchmark.engine.evaluate import evaluate
 from benchmark.engine.pretrain import file_digest, load_into, pretrained_backbone_state
 from benchmark.engine.task_loss import SegmentationLoss, TrainUnit
 from benchmark.engine.trainer import Trainer, TrainResult, val_batches
-from benchmark.ledger import Ledger
+from benchmark.ledger import Ledger, experiment_key
 from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m
-from benchmark.plan import RowSpec, RunSpec
+from benchmark.plan import BASELINE, RowSpec, RunSpec
+from methods import Stage, build_method
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
 
@@ -61,27 +64,93 @@ def build_model(row: RowSpec, session: Session) -> torch.nn.Module:
     return model
 
 
-def _train(spec: RunSpec, session: Session, run_dir: Path) -> tuple[torch.nn.Module, TrainResult]:
+def _fresh_run_dir(run_dir: Path, session: Session, config: dict[str, Any]) -> None:
+    """--force starts the run over; config.yaml records what the run is."""
     if session.force and dist.is_main() and run_dir.exists():
         shutil.rmtree(run_dir)
     dist.barrier()
     if dist.is_main():
-        atomic_write_text(yaml.safe_dump({"key": spec.key, "seed": spec.seed, **spec.config}), run_dir / "config.yaml")
-    torch.manual_seed(spec.seed)  # initial weights depend on the run's seed only, not on what ran before
-    model = build_model(spec.row, session)
-    unit = TrainUnit(model, SegmentationLoss(spec.schedule.aux_weight))
-    trainer = Trainer(unit, spec.schedule, session.preset, session.train_set, session.val_set, run_dir,
-                      session.device, spec.seed, NUM_CLASSES, desc=spec.name)
+        atomic_write_text(yaml.safe_dump(config), run_dir / "config.yaml")
+
+
+def _fit(unit: TrainUnit, schedule: ScheduleConfig, session: Session, run_dir: Path, seed: int,
+         desc: str) -> TrainResult:
+    trainer = Trainer(unit, schedule, session.preset, session.train_set, session.val_set, run_dir,
+                      session.device, seed, NUM_CLASSES, desc=desc)
     result = trainer.fit(resume=session.resume)
     assert result is not None  # fit returns None only when asked to stop early
-    return model, result
+    return result
+
+
+def _image_size(preset: Preset) -> tuple[int, int]:
+    return preset.data.crop or (preset.data.height, preset.data.width)
+
+
+def _train(spec: RunSpec, session: Session, run_dir: Path,
+           teacher: torch.nn.Module | None = None) -> tuple[torch.nn.Module, TrainResult]:
+    _fresh_run_dir(run_dir, session, {"key": spec.key, "seed": spec.seed, **spec.config})
+    torch.manual_seed(spec.seed)  # initial weights depend on the run's seed only, not on what ran before
+    model = build_model(spec.row, session)
+    extra = None
+    if spec.method_name != BASELINE:
+        assert teacher is not None
+        extra = _distiller(spec, session, model, copy.deepcopy(teacher))
+    unit = TrainUnit(model, SegmentationLoss(spec.schedule.aux_weight), extra)
+    return model, _fit(unit, spec.schedule, session, run_dir, spec.seed, spec.name)
+
+
+def _distiller(spec: RunSpec, session: Session, student: torch.nn.Module,
+               teacher: torch.nn.Module) -> DistillationLoss:
+    """The method bound to this student/teacher pair, its stage (e.g. MasKD tokens) run or read from cache."""
+    method = build_method(spec.method_name, **spec.method_options)
+    extra = DistillationLoss(method, student, teacher, _image_size(session.preset))
+    stage = method.stage(teacher)
+    if stage is not None:
+        teacher_key = spec.config["distill"]["teacher"]
+        method.load_stage(ensure_stage(stage, teacher_key, session))
+    return extra
+
+
+def stage_key(stage: Stage, teacher_key: str, session: Session) -> str:
+    """Cache key of a method stage: the stage config, the teacher, the stage schedule and the data."""
+    return experiment_key(semantic({"stage": stage.name, "teacher": teacher_key, "config": stage.config,
+                                    "schedule": to_dict(_stage_schedule(stage, session.preset)),
+                                    "data": {"id": session.data_id, **to_dict(session.preset.data)},
+                                    "amp": session.preset.amp}), 0)
+
+
+def _stage_schedule(stage: Stage, preset: Preset) -> ScheduleConfig:
+    return merge(preset.tokens, stage.schedule, f"{stage.name}.schedule.")
+
+
+def ensure_stage(stage: Stage, teacher_key: str, session: Session) -> dict[str, torch.Tensor]:
+    """Train a method stage once per key (`<cache>/stages/<name>-<key>/`) and return its state dict."""
+    key = stage_key(stage, teacher_key, session)
+    entry = cache_entry(session.cache_dir, "stages", stage.name, key)
+    if not entry.exists():
+        schedule = _stage_schedule(stage, session.preset)
+        run_dir = entry.root / "run"
+        _fresh_run_dir(run_dir, session, {"key": key, "stage": stage.name, "teacher": teacher_key,
+                                          "config": stage.config, "schedule": to_dict(schedule)})
+        torch.manual_seed(0)
+        result = _fit(TrainUnit(stage.model, stage.loss), schedule, session, run_dir, 0, f"{stage.name}/{key}")
+        if dist.is_main():
+            entry.store(stage.model.state_dict(), {
+                "stage": stage.name, "key": key, "teacher": teacher_key, "config": stage.config,
+                "schedule": to_dict(schedule), "miou": result.miou, "class_iou": result.class_iou,
+                "wall_s": {"train_s": result.train_s, "eval_s": result.eval_s}})
+            print(f"stage {stage.name} ({key}): mIoU of the masked teacher {result.miou:.2f} "
+                  f"({result.train_s / 60:.1f} min)")
+        dist.barrier()
+    return entry.state_dict()
 
 
 def _row(spec: RunSpec, session: Session, model: torch.nn.Module, miou: float, class_iou: list[float],
          timing: dict[str, float], run_dir: Path) -> dict[str, Any]:
     return {
         "key": spec.key, "table": spec.table, "row": spec.row.id, "role": spec.role, "label": spec.row.label,
-        "model": spec.row.model, "method": spec.method, "pretrained": spec.row.pretrained,
+        "model": spec.row.model, "method": spec.method, "method_name": spec.method_name,
+        "method_options": spec.method_options, "pretrained": spec.row.pretrained,
         "seed": spec.seed, "preset": session.preset.name, "preset_key": session.preset_key,
         "data": session.data_id, "miou": round(miou, 4),
         "class_iou": {c: round(100 * v, 3) for c, v in zip(CITYSCAPES_CLASSES, class_iou, strict=True)},
@@ -134,12 +203,12 @@ def _user_teacher(model: torch.nn.Module, spec: RunSpec, session: Session) -> di
     return {**_row(spec, session, model, matrix.miou(), matrix.class_iou(), timing, path), "key": key}
 
 
-def run_student(spec: RunSpec, session: Session) -> dict[str, Any] | None:
+def run_student(spec: RunSpec, session: Session, teacher: torch.nn.Module) -> dict[str, Any] | None:
     """Train one student run unless the ledger already has it; returns its new ledger row."""
     if session.ledger.has(spec.key) and not session.force:
         return None
     run_dir = session.out / "runs" / spec.row.id / f"{spec.method}-seed{spec.seed}-{spec.key}"
-    model, result = _train(spec, session, run_dir)
+    model, result = _train(spec, session, run_dir, teacher)
     row = _row(spec, session, model, result.miou, result.class_iou,
                {"train_s": result.train_s, "eval_s": result.eval_s}, run_dir)
     if dist.is_main():

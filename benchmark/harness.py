@@ -17,9 +17,10 @@ from benchmark.errors import UserError
 from benchmark.experiment import Session, ensure_teacher, run_student
 from benchmark.ledger import Ledger
 from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m, measure_gflops
-from benchmark.plan import RunSpec, TableSpec, load_table_spec, not_run_reasons, plan_runs
+from benchmark.plan import BASELINE, RunSpec, TableSpec, load_table_spec, plan_runs
+from tables.method_table import build_method_table
+from tables.paper import PAPER_TABLES
 from tables.render import write_table
-from tables.table3 import build_table3
 
 # Sustained training throughput used only by --dry-run estimates. Measured on 2 EPYC cores (AVX2): ~95
 # GFLOP/s for the ResNet models, ~45 for MobileNetV2 (depthwise convs); the CUDA figure is a guess.
@@ -65,6 +66,13 @@ def print_plan(teacher: RunSpec, runs: list[RunSpec], session_like: dict, preset
     """--dry-run: every run with its state (done / cached / resumable / to train) and a time estimate."""
     ledger: Ledger = session_like["ledger"]
     throughput = GFLOPS_PER_S[device.type]
+    counted: dict[tuple[str, int], float] = {}
+
+    def gflops(model: str, batch: int) -> float:
+        if (model, batch) not in counted:
+            counted[model, batch] = _step_gflops(model, preset, batch)
+        return counted[model, batch]
+
     total = 0.0
     print(f"plan for table {teacher.table}, preset {preset.name} ({preset.description}), device {device}")
     print(f"{'role':<11}{'run':<36}{'steps x batch':<15}{'state':<22}{'est. time':>10}")
@@ -81,13 +89,15 @@ def print_plan(teacher: RunSpec, runs: list[RunSpec], session_like: dict, preset
             checkpoint = checkpoint / "checkpoint.pt"
         if not done and checkpoint.exists():
             state = "resumable (--resume)"
-        seconds = 0.0 if done else _step_gflops(run.row.model, preset, run.schedule.batch_size) \
-            * run.schedule.steps / throughput
+        step = gflops(run.row.model, run.schedule.batch_size)
+        if run.method_name != BASELINE:  # + the teacher's forward pass (a third of its training step)
+            step += gflops(teacher.row.model, run.schedule.batch_size) / 3
+        seconds = 0.0 if done else step * run.schedule.steps / throughput
         total += seconds
         sched = f"{run.schedule.steps} x {run.schedule.batch_size}"
         print(f"{run.role:<11}{run.name:<36}{sched:<15}{state:<22}{seconds / 60:>8.1f} m")
     print(f"estimated training time: {total / 60:.1f} min (rough; excludes data generation, backbone "
-          "pretraining and evaluation)")
+          "pretraining, method stages such as MasKD token learning, and evaluation)")
 
 
 def _caption(spec: TableSpec, preset: Preset, data_id: str, seeds: list[int], sources: dict[str, str]) -> str:
@@ -111,14 +121,15 @@ def _complexity(spec: TableSpec) -> dict[str, tuple[float, float]]:
     return {m: (count_params_m(build_segmentor(m)), measure_gflops(m)) for m in sorted(models)}
 
 
-def render(spec: TableSpec, ledger: Ledger, preset_key: str, data_id: str, seeds: list[int],
-           caption: str, out: Path) -> str:
+def render(spec: TableSpec, ledger: Ledger, cells: dict[str, tuple[str, str]], caption: str, out: Path) -> str:
+    """Write the table from the ledger rows of the planned runs; `cells` maps run key → (row id, method id)."""
     frame = ledger.frame()
     if len(frame):
-        frame = frame[(frame["preset_key"] == preset_key) & (frame["data"] == data_id)]
-        frame = frame[(frame["role"] == "teacher") | frame["seed"].isin(seeds)]
-    context = {"caption": caption, "not_run": not_run_reasons(spec), "complexity": _complexity(spec)}
-    table = build_table3(frame, spec.raw(), context)
+        frame = frame[frame["key"].isin(list(cells))].copy()
+        frame["row"] = [cells[k][0] for k in frame["key"]]
+        frame["method"] = [cells[k][1] for k in frame["key"]]
+    context = {"caption": caption, "complexity": _complexity(spec)}
+    table = build_method_table(frame, spec.raw(), context, PAPER_TABLES[spec.table]())
     md_path, tex_path = write_table(table, out / "tables", f"table{spec.table}")
     return f"{md_path.read_text()}\nwritten: {md_path} and {tex_path}"
 
@@ -129,13 +140,13 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
     if device.type == "cuda":
         torch.cuda.set_device(device)
     spec = load_table_spec(args.table, args.config)
-    if spec.table != "3":
-        raise UserError(f"table {spec.table} has no renderer yet; available: 3.")
+    if spec.table not in PAPER_TABLES:
+        raise UserError(f"table {spec.table} has no renderer yet; available: {', '.join(PAPER_TABLES)}.")
     ledger = Ledger(args.out / "ledger.csv")
     ledger.frame()  # a corrupt ledger stops us here, before any training
     root, data_id = _data_root(args, preset)
     sources = {m: backbone_source(b, preset, user_weights) for m, b in BACKBONE_OF.items()}
-    teacher, runs = plan_runs(spec, preset, args.seeds, data_id, sources, args.rows)
+    teacher, runs = plan_runs(spec, preset, args.seeds, data_id, sources, args.rows, args.methods)
     if args.dry_run:
         print_plan(teacher, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
                                    "teacher_ckpt": args.teacher_ckpt, "force": args.force}, preset, device)
@@ -143,17 +154,19 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
     train_set, val_set = _datasets(root, preset)
     session = Session(preset, preset_key, device, args.out, args.cache_dir, data_id, train_set, val_set,
                       user_weights, args.teacher_ckpt, args.resume, args.force, ledger)
-    _, teacher_row = ensure_teacher(teacher, session)
+    teacher_model, teacher_row = ensure_teacher(teacher, session)
     if dist.is_main() and not ledger.has(teacher_row["key"]):
         ledger.append(teacher_row)
     for run in runs:
-        row = run_student(run, session)
+        row = run_student(run, session, teacher_model)
         if row is not None and dist.is_main():
             ledger.append(row)
             print(f"{run.name}: mIoU {row['miou']:.2f} ({row['train_s'] / 60:.1f} min)")
     if dist.is_main():
-        caption = _caption(spec, preset, data_id, args.seeds, {m: sources[m] for m in
-                                                               {r.model for r in (spec.teacher, *spec.students)}})
-        print(render(spec, ledger, preset_key, data_id, args.seeds, caption, args.out))
+        models = {r.model for r in (spec.teacher, *spec.students)}
+        caption = _caption(spec, preset, data_id, args.seeds, {m: sources[m] for m in models})
+        _, every_run = plan_runs(spec, preset, args.seeds, data_id, sources)  # show every cell the ledger has
+        cells = {teacher_row["key"]: (spec.teacher.id, BASELINE)} | {r.key: (r.row.id, r.method) for r in every_run}
+        print(render(spec, ledger, cells, caption, args.out))
     dist.barrier()
     return 0

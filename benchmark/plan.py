@@ -21,8 +21,31 @@ from benchmark.config import (
 )
 from benchmark.errors import UserError
 from benchmark.ledger import experiment_key
+from methods import registry
 
-IMPLEMENTED_METHODS = ("baseline",)
+BASELINE = "baseline"
+DEFAULT_LABELS = {
+    "baseline": "Baseline", "kd": "KD", "fitnet": "FitNet", "skd": "SKD", "ifvd": "IFVD", "cwd": "CWD",
+    "cirkd": "CIRKD", "maskd": "MasKD",
+}
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """One method column of a table: `method` is a registry name (or "baseline"), `options` override
+    configs/methods/<method>.yaml and the preset's `methods` entry."""
+
+    id: str
+    method: str
+    label: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @staticmethod
+    def parse(entry: str | dict[str, Any]) -> MethodSpec:
+        if isinstance(entry, str):
+            return MethodSpec(entry, entry, DEFAULT_LABELS.get(entry, entry))
+        entry = {"label": DEFAULT_LABELS.get(entry.get("method", ""), entry.get("id", "")), **entry}
+        return from_dict(MethodSpec, entry, "methods[].")
 
 
 @dataclass(frozen=True)
@@ -37,7 +60,7 @@ class RowSpec:
     schedule: dict[str, Any] = field(default_factory=dict)
     schedule_from: str | None = None
     note: str | None = None
-    methods: tuple[str, ...] | None = None
+    methods: tuple[str, ...] | None = None  # method ids this row runs (default: all of the table's)
 
 
 @dataclass(frozen=True)
@@ -46,7 +69,7 @@ class TableSpec:
     title: str
     teacher: RowSpec
     students: tuple[RowSpec, ...]
-    methods: tuple[str, ...] = ("baseline",)
+    methods: tuple[MethodSpec, ...] = (MethodSpec(BASELINE, BASELINE, "Baseline"),)
     diagnostics: tuple[RowSpec, ...] = ()
     task: str = "seg"
     flops_note: str | None = None
@@ -63,34 +86,43 @@ class RunSpec:
     table: str
     row: RowSpec
     role: str  # "teacher" | "student" | "diagnostic"
-    method: str
+    method: str  # the method column id
     seed: int
     schedule: ScheduleConfig
     config: dict[str, Any]
     key: str
+    method_name: str = BASELINE  # registry name
+    method_options: dict[str, Any] = field(default_factory=dict)  # resolved options
 
     @property
     def name(self) -> str:
         return f"{self.row.id}/{self.method}/seed{self.seed}"
 
 
+def table_names() -> list[str]:
+    """The `--table` values: configs/tables/table<N>.yaml gives N, any other <name>.yaml gives name."""
+    return [name.removeprefix("table") for name in available("tables")]
+
+
 def load_table_spec(table: str | None, config_file: Path | None) -> TableSpec:
-    """`--table N` reads configs/tables/table<N>.yaml; `--config FILE` reads any spec file."""
+    """`--table N` reads configs/tables/table<N>.yaml (or <N>.yaml, e.g. `tokens`); `--config FILE` any spec."""
     if config_file is None:
-        tables = [name.removeprefix("table") for name in available("tables")]
+        tables = table_names()
         if table not in tables:
             close = difflib.get_close_matches(str(table), tables, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
             raise UserError(f"unknown table '{table}'.{hint} Available tables: {', '.join(tables)} "
                             "(more arrive with the detection issues).")
         config_file = CONFIG_DIR / "tables" / f"table{table}.yaml"
+        if not config_file.is_file():
+            config_file = CONFIG_DIR / "tables" / f"{table}.yaml"
     data = read_yaml(config_file)
     data["table"] = str(data.get("table", table))
     try:
         data["teacher"] = from_dict(RowSpec, data.get("teacher", {}), "teacher.")
         data["students"] = tuple(from_dict(RowSpec, r, "students[].") for r in data.get("students", []))
         data["diagnostics"] = tuple(from_dict(RowSpec, r, "diagnostics[].") for r in data.get("diagnostics", []))
-        data["methods"] = tuple(data.get("methods", ("baseline",)))
+        data["methods"] = tuple(MethodSpec.parse(m) for m in data.get("methods", (BASELINE,)))
         return from_dict(TableSpec, data)
     except TypeError as err:
         raise UserError(f"table spec {config_file} is incomplete: {err}") from err
@@ -101,47 +133,74 @@ def row_schedule(row: RowSpec, preset: Preset, default: str) -> ScheduleConfig:
     return merge(base, row.schedule, f"{row.id}.schedule.")
 
 
+def method_options(ms: MethodSpec, preset: Preset) -> dict[str, Any]:
+    """configs/methods/<method>.yaml ← the preset's `methods` entry ← the table's options, validated."""
+    if ms.method == BASELINE:
+        return {}
+    path = CONFIG_DIR / "methods" / f"{ms.method}.yaml"
+    options = read_yaml(path) if path.is_file() else {}
+    options.update(preset.methods.get(ms.method, {}))
+    options.update(ms.options)
+    return dataclasses.asdict(registry.method_options(ms.method, **options))
+
+
 def resolved_config(row: RowSpec, role: str, method: str, schedule: ScheduleConfig, preset: Preset,
-                    data_id: str, backbone_source: str | None) -> dict[str, Any]:
-    """Everything that decides a run's result (hashed into its key; saved as config.yaml)."""
-    return semantic({
+                    data_id: str, backbone_source: str | None,
+                    distill: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Everything that decides a run's result (hashed into its key; saved as config.yaml).
+
+    `distill` (methods other than the baseline): the method name and options, the teacher's key and,
+    for methods with a pre-training stage, the stage schedule.
+    """
+    config = {
         "task": "seg", "role": role, "model": row.model, "method": method,
         "pretrained": backbone_source if row.pretrained else None,
         "schedule": to_dict(schedule), "data": {"id": data_id, **to_dict(preset.data)},
         "arch": to_dict(preset.model), "amp": preset.amp,
-    })
+    }
+    if distill is not None:
+        config["distill"] = distill
+    return semantic(config)
 
 
-def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str,
-              sources: dict[str, str], rows: list[str] | None = None) -> tuple[RunSpec, list[RunSpec]]:
-    """The teacher run and the student/diagnostic runs of implemented methods, for every seed.
-
-    `sources` maps model name → backbone-weights description (see `pretrain.backbone_source`).
-    """
-    known = [r.id for r in (*spec.students, *spec.diagnostics)]
-    for wanted in rows or []:
-        if wanted not in known:
-            close = difflib.get_close_matches(wanted, known, n=1)
+def _pick(kind: str, wanted: list[str] | None, known: list[str], table: str) -> None:
+    for name in wanted or []:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise UserError(f"unknown row '{wanted}' in table {spec.table}.{hint} Rows: {', '.join(known)}.")
+            raise UserError(f"unknown {kind} '{name}' in table {table}.{hint} {kind.capitalize()}s: "
+                            f"{', '.join(known)}.")
 
-    def make(row: RowSpec, role: str, method: str, seed: int, default: str) -> RunSpec:
+
+def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str, sources: dict[str, str],
+              rows: list[str] | None = None, methods: list[str] | None = None) -> tuple[RunSpec, list[RunSpec]]:
+    """The teacher run and the student/diagnostic runs (row × method × seed), optionally only `rows` and
+    `methods` (ids). `sources` maps model name → backbone-weights description (`pretrain.backbone_source`).
+    """
+    _pick("row", rows, [r.id for r in (*spec.students, *spec.diagnostics)], spec.table)
+    _pick("method", methods, [m.id for m in spec.methods], spec.table)
+    students = [r for r in spec.students if not rows or r.id in rows]
+    diagnostics = [r for r in spec.diagnostics if not rows or r.id in rows]
+
+    def make(row: RowSpec, role: str, ms: MethodSpec, seed: int, default: str, teacher_key: str = "") -> RunSpec:
         schedule = row_schedule(row, preset, default)
-        config = resolved_config(row, role, method, schedule, preset, data_id, sources.get(row.model))
-        return RunSpec(spec.table, row, role, method, seed, schedule, config, experiment_key(config, seed))
+        options = method_options(ms, preset)
+        distill = None
+        if ms.method != BASELINE:
+            distill = {"name": ms.method, "options": options, "teacher": teacher_key}
+            if registry.method_class(ms.method).has_stage():
+                distill["stage_schedule"] = to_dict(preset.tokens)
+        # The key hashes the method and its options, not the column id: tables share runs.
+        config = resolved_config(row, role, ms.method, schedule, preset, data_id, sources.get(row.model), distill)
+        return RunSpec(spec.table, row, role, ms.id, seed, schedule, config, experiment_key(config, seed),
+                       ms.method, options)
 
-    teacher = make(spec.teacher, "teacher", "baseline", 0, "teacher")
-    runs = [make(row, "student", method, seed, "student")
-            for row in spec.students if not rows or row.id in rows
-            for method in spec.methods if method in IMPLEMENTED_METHODS
+    baseline = MethodSpec(BASELINE, BASELINE, "Baseline")
+    teacher = make(spec.teacher, "teacher", baseline, 0, "teacher")
+    runs = [make(row, role, ms, seed, "student", teacher.key)
+            for role, group in (("student", students), ("diagnostic", diagnostics))
+            for row in group
+            for ms in spec.methods if ms.id in (row.methods or [m.id for m in spec.methods])
+            if not methods or ms.id in methods
             for seed in seeds]
-    runs += [make(row, "diagnostic", "baseline", seed, "student")
-             for row in spec.diagnostics if not rows or row.id in rows
-             for seed in seeds]
     return teacher, runs
-
-
-def not_run_reasons(spec: TableSpec) -> dict[tuple[str, str], str]:
-    """Cells that this version cannot fill, with the reason shown in the table."""
-    return {(row.id, method): f"{method} is not implemented yet"
-            for row in spec.students for method in spec.methods if method not in IMPLEMENTED_METHODS}

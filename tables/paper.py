@@ -33,3 +33,32 @@ def table3_paper() -> dict:
     }
     return {"title": t3["title"], "source": numbers["source"], "teacher": dict(t3["teacher"]),
             "students": students}
+
+
+def table5_paper() -> dict:
+    """Table 5 (GT vs learned masks, val mIoU) in the `table3_paper` layout; method ids "maskd_gt" and
+    "maskd", with each student's Table 3 baseline so that the paper Δ can be shown."""
+    t3 = table3_paper()
+    rows = load_paper_numbers()["table5"]["rows"]
+    column = {"gt": "maskd_gt", "learned": "maskd"}
+    students = {}
+    for name in ("DeepLabV3-R18", "PSPNet-R18"):
+        ref = t3["students"][name]
+        methods = {"baseline": ref["methods"]["baseline"]}
+        methods |= {column[r["mask"]]: (r[name], None) for r in rows}
+        students[name] = {"params_M": ref["params_M"], "flops_G": ref["flops_G"], "methods": methods}
+    return {**t3, "title": load_paper_numbers()["table5"]["title"], "students": students}
+
+
+def tokens_paper() -> dict:
+    """Segmentation token-count ablation (our extension; the paper's Table 7 is detection): the only paper
+    numbers are Table 3's baseline and MasKD (T = 8) cells, under the ids "baseline" and "maskd_t8"."""
+    t3 = table3_paper()
+    students = {
+        name: {**ref, "methods": {"baseline": ref["methods"]["baseline"], "maskd_t8": ref["methods"]["maskd"]}}
+        for name, ref in t3["students"].items()
+    }
+    return {**t3, "students": students}
+
+
+PAPER_TABLES = {"3": table3_paper, "5": table5_paper, "tokens": tokens_paper}

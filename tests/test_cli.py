@@ -39,19 +39,31 @@ def _run(cache: Path, out: Path, *extra: str) -> int:
 
 def test_smoke_table3_end_to_end(smoke_out: Path, capsys: pytest.CaptureFixture[str]) -> None:
     ledger = pd.read_csv(smoke_out / "ledger.csv")
-    assert sorted(ledger["row"]) == ["r18", "teacher"]
+    methods = ["baseline", "skd", "ifvd", "cwd", "cirkd", "maskd"]
+    assert sorted(ledger["row"]) == ["r18"] * len(methods) + ["teacher"]
+    assert sorted(ledger[ledger["row"] == "r18"]["method"]) == sorted(methods)
     assert set(ledger["role"]) == {"teacher", "student"}
-    assert ledger["miou"].between(0, 100).all() and (ledger["steps"] == 4).all()
-    r18 = ledger[ledger["row"] == "r18"].iloc[0]
+    assert ledger["miou"].between(0, 100).all()
+    assert (ledger[ledger["role"] == "student"]["steps"] == 4).all()
+    assert (ledger[ledger["role"] == "teacher"]["steps"] == 24).all()
+    r18 = ledger[(ledger["row"] == "r18") & (ledger["method"] == "baseline")].iloc[0]
     assert r18["params_m"] == pytest.approx(13.61, abs=0.01) and r18["pretrained"]
     table = (smoke_out / "tables" / "table3.md").read_text()
     assert "74.21" in table and "78.07" in table  # the paper's numbers beside ours
     assert f"{r18['miou']:.2f} (n=1)" in table
-    assert "not run: cwd is not implemented yet" in table and "not run: not run" not in table
+    assert "not run" not in table.split("| DeepLabV3-R18 |")[1].split("\n")[0]  # every method cell is measured
     assert "Preset 'smoke'" in table and (smoke_out / "tables" / "table3.tex").read_text().count("\\toprule") == 1
     run_dir = Path(r18["run_dir"])
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.yaml").is_file()
     assert (run_dir / "log.csv").read_text().startswith("step,time,loss_ce,loss_aux,lr")
+    # Each method logs its own named terms, and the discriminator's own step for the CIRKD recipes.
+    expected = {"maskd": ["loss_maskd", "loss_maskd_aux"], "cirkd": ["loss_pair", "loss_pixel_memory", "loss_kd"],
+                "skd": ["loss_pairwise", "loss_adv", "loss_d"], "ifvd": ["loss_ifv", "loss_d"],
+                "cwd": ["loss_cwd_feat", "loss_cwd_logits", "loss_d"]}
+    for method, columns in expected.items():
+        run = ledger[(ledger["row"] == "r18") & (ledger["method"] == method)].iloc[0]
+        header = (Path(run["run_dir"]) / "log.csv").read_text().splitlines()[0].split(",")
+        assert set(columns) <= set(header), (method, header)
 
 
 def test_second_run_is_read_from_the_ledger(smoke_out: Path, cache: Path, capsys: pytest.CaptureFixture) -> None:
@@ -70,7 +82,7 @@ def test_user_teacher_checkpoint_is_evaluated_not_trained(smoke_out: Path, cache
     state = torch.load(teacher_dir / "model.pt", weights_only=True)["state_dict"]
     path = tmp_path / "teacher.pth"
     torch.save({"state_dict": state}, path)
-    assert _run(cache, tmp_path / "out", "--rows", "r18", "--teacher-ckpt", str(path)) == 0
+    assert _run(cache, tmp_path / "out", "--rows", "r18", "--methods", "baseline", "--teacher-ckpt", str(path)) == 0
     ledger = pd.read_csv(tmp_path / "out" / "ledger.csv")
     teacher = ledger[ledger["role"] == "teacher"].iloc[0]
     cached = pd.read_csv(smoke_out / "ledger.csv").set_index("role").loc["teacher"]
@@ -88,6 +100,7 @@ def test_bad_names_exit_2_with_suggestions(cache: Path, tmp_path: Path, capsys: 
     assert "Available tables: 3" in _error(capsys, main(["--table", "9", "--out", str(tmp_path)]))
     assert "Did you mean 'smoke'" in _error(capsys, _run(cache, tmp_path, "--preset", "smok"))
     assert "Did you mean 'r18'" in _error(capsys, _run(cache, tmp_path, "--rows", "r81"))
+    assert "Did you mean 'maskd'" in _error(capsys, _run(cache, tmp_path, "--methods", "mask"))
     assert "Did you mean 'steps'" in _error(capsys, _run(cache, tmp_path, "--set", "student.stesp=3"))
     assert "resnet18" in _error(capsys, _run(cache, tmp_path, "--backbone-weights", "resnet19=x.pth"))
 
@@ -141,7 +154,8 @@ def test_corrupt_cache_and_ledger_are_reported_and_kept(smoke_out: Path, cache: 
 
 def test_killed_run_resumes_to_the_same_result(smoke_out: Path, cache: Path, tmp_path: Path) -> None:
     args = ["--table", "3", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache), "--rows",
-            "r18_scratch", "--set", "student.steps=60", "checkpoint_every=5", "data.workers=0"]
+            "r18_scratch", "--methods", "baseline", "--set", "student.steps=60", "checkpoint_every=5",
+            "data.workers=0"]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, str(ROOT / "benchmark" / "run.py"), *args]
     killed = subprocess.Popen([*cmd, "--out", str(tmp_path / "a")], env=env, stdout=subprocess.DEVNULL,
@@ -166,7 +180,8 @@ def test_killed_run_resumes_to_the_same_result(smoke_out: Path, cache: Path, tmp
 def test_ddp_two_processes_on_cpu_with_gloo(smoke_out: Path, cache: Path, tmp_path: Path) -> None:
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29533",
            str(ROOT / "benchmark" / "run.py"), "--table", "3", "--preset", "smoke", "--device", "cpu",
-           "--cache-dir", str(cache), "--out", str(tmp_path), "--rows", "mbv2", "--set", "student.batch_size=4"]
+           "--cache-dir", str(cache), "--out", str(tmp_path), "--rows", "mbv2", "--methods", "baseline", "--set",
+           "student.batch_size=4"]
     result = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1"},
                             timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
@@ -179,5 +194,5 @@ def test_dry_run_plans_without_generating_or_training(tmp_path: Path, capsys: py
     assert _run(tmp_path / "cache", tmp_path / "out", "--dry-run") == 0
     plan = capsys.readouterr().out
     assert "teacher/baseline/seed0" in plan and "r18_teacher_schedule/baseline/seed0" in plan
-    assert plan.count("to train") == 6 and "estimated training time" in plan
+    assert plan.count("to train") == 1 + 4 * 6 + 1 and "estimated training time" in plan
     assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

@@ -12,7 +12,7 @@ from benchmark.config import ScheduleConfig, load_preset, merge
 from benchmark.engine.checkpoint import atomic_torch_save, load_checkpoint
 from benchmark.engine.evaluate import ConfusionMatrix
 from benchmark.engine.sampler import StepBatchSampler
-from benchmark.engine.task_loss import SegmentationLoss, TrainUnit
+from benchmark.engine.task_loss import ExtraLoss, SegmentationLoss, TrainUnit
 from benchmark.engine.trainer import NonFiniteLossError, Trainer, poly_factor
 from benchmark.errors import UserError
 from tests.conftest import RandomSegData, TinySegmenter
@@ -99,7 +99,7 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path: Path) -> None
     assert steps == [1, 2, 3, 4, 5, 6]
 
 
-class _NanAfter(torch.nn.Module):
+class _NanAfter(ExtraLoss):
     """Extra loss term that turns NaN at a given call."""
 
     def __init__(self, at: int) -> None:

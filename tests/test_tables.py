@@ -13,9 +13,9 @@ import yaml
 
 from benchmark.errors import UserError
 from tables.aggregate import Stat, delta, format_stat, summarize
+from tables.method_table import build_method_table
 from tables.paper import load_paper_numbers, table3_paper
 from tables.render import TableData, latex_escape, render_latex, render_markdown, write_table
-from tables.table3 import build_table3
 
 SPEC_YAML = """
 table: 3
@@ -161,8 +161,8 @@ def test_write_table(tmp_path: Path) -> None:
 # --- Table 3 -------------------------------------------------------------------------------------
 
 
-def test_build_table3() -> None:
-    t = build_table3(_runs(), yaml.safe_load(SPEC_YAML), CONTEXT)
+def test_build_method_table_for_table3() -> None:
+    t = build_method_table(_runs(), yaml.safe_load(SPEC_YAML), CONTEXT, table3_paper())
     assert t.columns == ["Model", "Params (M)", "FLOPs (G)", "Baseline", "SKD", "IFVD", "CWD", "CIRKD",
                          "MasKD"]
     assert (t.title, t.caption, t.label) == ("Table 3: Semantic segmentation on Cityscapes (mIoU, %)",
@@ -196,7 +196,7 @@ def test_build_table3() -> None:
 
 
 def test_build_table3_without_runs_never_shows_paper_as_measured() -> None:
-    t = build_table3(pd.DataFrame(), yaml.safe_load(SPEC_YAML), {"caption": "c"})
+    t = build_method_table(pd.DataFrame(), yaml.safe_load(SPEC_YAML), {"caption": "c"}, table3_paper())
     for row in t.rows:
         measured = [c for c in row[3:] if c not in ("", "–")]
         assert measured and all(c.startswith("not run yet") for c in measured)
@@ -206,7 +206,7 @@ def test_build_table3_without_runs_never_shows_paper_as_measured() -> None:
 @pytest.mark.parametrize(
     ("change", "drop", "match"),
     [
-        ({"methods": ["baseline", "kd"]}, [], "unknown methods"),
+        ({"methods": ["baseline", "dkd"]}, [], "unknown methods"),
         ({"students": [{"id": "x", "model": "m", "label": "X", "paper": "ResNet-50"}]}, [], "paper lacks"),
         ({}, ["title", "teacher"], r"spec lacks \['title', 'teacher'\]"),
     ],
@@ -214,11 +214,11 @@ def test_build_table3_without_runs_never_shows_paper_as_measured() -> None:
 def test_build_table3_spec_errors(change: dict, drop: list[str], match: str) -> None:
     spec = {k: v for k, v in {**yaml.safe_load(SPEC_YAML), **change}.items() if k not in drop}
     with pytest.raises(UserError, match=match):
-        build_table3(_runs(), spec, CONTEXT)
+        build_method_table(_runs(), spec, CONTEXT, table3_paper())
 
 
 def test_tables_does_not_import_torch() -> None:
-    code = ("import sys, tables, tables.paper, tables.aggregate, tables.render, tables.table3; "
+    code = ("import sys, tables, tables.paper, tables.aggregate, tables.render, tables.method_table; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

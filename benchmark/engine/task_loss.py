@@ -30,15 +30,27 @@ class SegmentationLoss(nn.Module):
         return losses
 
 
+class ExtraLoss(nn.Module):
+    """Base of modules that add loss terms to a `TrainUnit` (distillation): called as
+    `extra(images, labels, outputs)`, returning named, already-weighted terms."""
+
+    def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, lr multiplier) groups for the trainer's optimizer. Default: all trainable at 1×."""
+        return [([p for p in self.parameters() if p.requires_grad], 1.0)]
+
+    def after_step(self) -> dict[str, float]:
+        """Run after each optimizer step (e.g. a discriminator's own step); returns scalars to log."""
+        return {}
+
+
 class TrainUnit(nn.Module):
     """Student + everything trained with it, as one module (the DDP unit).
 
-    `extra` is an optional module (a distillation method in later issues) called as
-    `extra(images, labels, outputs)` after the student forward; it returns more named loss terms and
-    may own trainable parameters, which the optimizer picks up through this module.
+    `extra` is an optional `ExtraLoss` (`benchmark.engine.distill.DistillationLoss`) called after the
+    student forward; its parameters join the optimizer through `parameter_groups()`.
     """
 
-    def __init__(self, student: nn.Module, task_loss: SegmentationLoss, extra: nn.Module | None = None) -> None:
+    def __init__(self, student: nn.Module, task_loss: nn.Module, extra: ExtraLoss | None = None) -> None:
         super().__init__()
         self.student, self.task_loss, self.extra = student, task_loss, extra
 
@@ -48,3 +60,14 @@ class TrainUnit(nn.Module):
         if self.extra is not None:
             losses.update(self.extra(images, labels, outputs))
         return losses
+
+    def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:
+        """(parameters, lr multiplier) groups for the optimizer: the student at 1×, then the extra's."""
+        groups = [([p for p in self.student.parameters() if p.requires_grad], 1.0)]
+        if self.extra is not None:
+            groups += self.extra.parameter_groups()
+        return [(params, mult) for params, mult in groups if params]
+
+    def after_step(self) -> dict[str, float]:
+        """Run after every optimizer step; returns scalars to log (e.g. a discriminator's loss)."""
+        return {} if self.extra is None else self.extra.after_step()

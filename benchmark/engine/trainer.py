@@ -63,8 +63,8 @@ class Trainer:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.unit = unit.to(device, memory_format=self.memory_format)
         self.model = dist.wrap_ddp(self.unit, device)
-        params = [p for p in self.unit.parameters() if p.requires_grad]
-        self.optimizer = torch.optim.SGD(params, lr=schedule.lr, momentum=schedule.momentum,
+        groups = [{"params": params, "lr": schedule.lr * mult} for params, mult in self.unit.parameter_groups()]
+        self.optimizer = torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum,
                                          weight_decay=schedule.weight_decay)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: poly_factor(s, schedule))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.cuda and preset.amp)
@@ -157,10 +157,11 @@ class Trainer:
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()
+            extra_scalars = self.unit.after_step()
             step += 1
             bar.update(1)
             if step % self.preset.log_every == 0 or step == self.schedule.steps:
-                scalars = {k: float(v.detach()) for k, v in losses.items()}
+                scalars = {k: float(v.detach()) for k, v in losses.items()} | extra_scalars
                 scalars["lr"] = self.scheduler.get_last_lr()[0]
                 logger.log(step, scalars)
                 bar.set_postfix(loss=f"{float(total.detach()):.3f}")

@@ -1,4 +1,8 @@
-"""Table 3 (Cityscapes semantic segmentation): measured mIoU of our runs beside the paper's numbers."""
+"""Tables with one column per method (Tables 3 and 5, token ablation): measured mIoU beside the paper's.
+
+A spec's `methods` entries are method ids (labels from METHOD_NAMES) or mappings {id, label, ...};
+`paper` (from `tables.paper`) gives the reference numbers per paper row and method id.
+"""
 
 from __future__ import annotations
 
@@ -6,28 +10,40 @@ import pandas as pd
 
 from benchmark.errors import UserError
 from tables.aggregate import Stat, delta, format_stat, summarize
-from tables.paper import table3_paper
 from tables.render import TableData
 
 METHOD_NAMES = {
-    "baseline": "Baseline", "skd": "SKD", "ifvd": "IFVD", "cwd": "CWD", "cirkd": "CIRKD", "maskd": "MasKD",
+    "baseline": "Baseline", "kd": "KD", "fitnet": "FitNet", "skd": "SKD", "ifvd": "IFVD", "cwd": "CWD",
+    "cirkd": "CIRKD", "maskd": "MasKD",
 }
 DEFAULT_FLOPS_NOTE = "FLOPs (G) of one forward pass on a 1024×2048 image, as in the paper."
 
 
+def _columns(spec: dict) -> list[tuple[str, str]]:
+    """(method id, column label) per method entry."""
+    table = spec.get("table", "?")
+    columns = []
+    for entry in spec["methods"]:
+        if isinstance(entry, dict):
+            columns.append((entry["id"], entry.get("label") or entry["id"]))
+        elif entry in METHOD_NAMES:
+            columns.append((entry, METHOD_NAMES[entry]))
+        else:
+            raise UserError(f"table {table} spec: unknown methods [{entry!r}] (known: {list(METHOD_NAMES)}); "
+                            f"fix `methods` in configs/tables/table{table}.yaml or give the entry a label")
+    return columns
+
+
 def _check_spec(spec: dict, paper: dict) -> None:
+    table = spec.get("table", "?")
     missing = [k for k in ("title", "methods", "teacher", "students") if k not in spec]
     if missing:
-        raise UserError(f"table 3 spec lacks {missing}; fix configs/tables/table3.yaml")
-    unknown = [m for m in spec["methods"] if m not in METHOD_NAMES]
-    if unknown:
-        raise UserError(f"table 3 spec: unknown methods {unknown} (known: {list(METHOD_NAMES)}); "
-                        "fix `methods` in configs/tables/table3.yaml")
+        raise UserError(f"table {table} spec lacks {missing}; fix configs/tables/table{table}.yaml")
     for row in spec["students"]:
-        if "paper" in row and row["paper"] not in paper["students"]:
-            raise UserError(f"table 3 spec: student {row['id']!r} names paper row {row['paper']!r}, "
+        if row.get("paper") and row["paper"] not in paper["students"]:
+            raise UserError(f"table {table} spec: student {row['id']!r} names paper row {row['paper']!r}, "
                             f"which the paper lacks (has: {list(paper['students'])}); "
-                            "fix configs/tables/table3.yaml")
+                            f"fix configs/tables/table{table}.yaml")
 
 
 def _measured(runs: pd.DataFrame, row_id: str, method: str) -> Stat | None:
@@ -91,7 +107,7 @@ def _model_line(runs: pd.DataFrame, row: dict, methods: list[str], context: dict
 
 def _teacher_line(runs: pd.DataFrame, spec: dict, context: dict, paper: dict) -> list[str]:
     """Teacher label, Params, FLOPs, its mIoU in the first method column, other method cells empty."""
-    row, methods = spec["teacher"], spec["methods"]
+    row, methods = spec["teacher"], _columns(spec)
     method = row.get("method", "baseline")
     ref = paper["teacher"] if row.get("paper") == "teacher" else None
     size = None if ref is None else (ref["params_M"], ref["flops_G"])
@@ -104,14 +120,15 @@ def _teacher_line(runs: pd.DataFrame, spec: dict, context: dict, paper: dict) ->
     return [*cells, "\n".join(lines), *([""] * (len(methods) - 1))]
 
 
-def build_table3(runs: pd.DataFrame, spec: dict, context: dict) -> TableData:
-    """Table 3 from ledger rows (columns row, method, seed, miou, params_m, gflops), the table spec
-    (configs/tables/table3.yaml) and context {"caption", "not_run": {(row id, method): reason},
-    "complexity": {model: (params M, GFLOPs)}}. Paper numbers are shown beside, never instead of, ours.
+def build_method_table(runs: pd.DataFrame, spec: dict, context: dict, paper: dict) -> TableData:
+    """A method table from ledger rows (columns row, method, seed, miou, params_m, gflops), the table spec
+    (configs/tables/table<N>.yaml), context {"caption", "not_run": {(row id, method): reason},
+    "complexity": {model: (params M, GFLOPs)}} and the paper's numbers (`tables.paper`, Table 3 format).
+    Paper numbers are shown beside, never instead of, ours.
     """
-    paper = table3_paper()
     _check_spec(spec, paper)
-    methods = spec["methods"]
+    columns = _columns(spec)
+    methods = [m for m, _ in columns]
     rows = [_teacher_line(runs, spec, context, paper)]
     for s in spec["students"]:
         ref = paper["students"].get(s.get("paper"))
@@ -126,7 +143,7 @@ def build_table3(runs: pd.DataFrame, spec: dict, context: dict) -> TableData:
         "the paper's val numbers.",
         "Params (M) and FLOPs (G): ours measured, the paper's in parentheses. "
         + spec.get("flops_note", DEFAULT_FLOPS_NOTE),
-        f"Teacher: mIoU in the {METHOD_NAMES[methods[0]]} column, with the paper's val and test mIoU.",
+        f"Teacher: mIoU in the {columns[0][1]} column, with the paper's val and test mIoU.",
     ]
     for d in spec.get("diagnostics", []):
         rows.append(_model_line(runs, d, methods, context, None, f"{d['label']}\n(diagnostic)"))
@@ -135,6 +152,7 @@ def build_table3(runs: pd.DataFrame, spec: dict, context: dict) -> TableData:
     notes.append(f"Paper numbers: {paper['source']}")
     return TableData(
         title=spec["title"], caption=context["caption"],
-        columns=["Model", "Params (M)", "FLOPs (G)", *(METHOD_NAMES[m] for m in methods)],
-        rows=rows, notes=notes, label=spec.get("label", "tab:table3"), group_rows=group_rows,
+        columns=["Model", "Params (M)", "FLOPs (G)", *(label for _, label in columns)],
+        rows=rows, notes=notes, label=spec.get("label", f"tab:table{spec.get('table', '3')}"),
+        group_rows=group_rows,
     )

@@ -103,11 +103,12 @@ def _distiller(spec: RunSpec, session: Session, student: torch.nn.Module,
                teacher: torch.nn.Module) -> DistillationLoss:
     """The method bound to this student/teacher pair, its stage (e.g. MasKD tokens) run or read from cache."""
     method = build_method(spec.method_name, **spec.method_options)
-    extra = DistillationLoss(method, student, teacher, _image_size(session.preset))
+    distill = spec.config["distill"]
+    extra = DistillationLoss(method, student, teacher, _image_size(session.preset),
+                             distill.get("student_taps"), distill.get("teacher_taps"))
     stage = method.stage(teacher)
     if stage is not None:
-        teacher_key = spec.config["distill"]["teacher"]
-        method.load_stage(ensure_stage(stage, teacher_key, session))
+        method.load_stage(ensure_stage(stage, distill["teacher"], session))
     return extra
 
 

@@ -61,6 +61,7 @@ class RowSpec:
     schedule_from: str | None = None
     note: str | None = None
     methods: tuple[str, ...] | None = None  # method ids this row runs (default: all of the table's)
+    taps: dict[str, str] = field(default_factory=dict)  # logical tap → module path, overriding the model's
 
 
 @dataclass(frozen=True)
@@ -188,6 +189,7 @@ def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str, s
         distill = None
         if ms.method != BASELINE:
             distill = {"name": ms.method, "options": options, "teacher": teacher_key}
+            distill |= {f"{side}_taps": r.taps for side, r in (("student", row), ("teacher", spec.teacher)) if r.taps}
             if registry.method_class(ms.method).has_stage():
                 distill["stage_schedule"] = to_dict(preset.tokens)
         # The key hashes the method and its options, not the column id: tables share runs.

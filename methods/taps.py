@@ -29,8 +29,8 @@ def resolve_taps(model: nn.Module, wanted: tuple[str, ...], overrides: dict[str,
     missing = [name for name in wanted if name not in points]
     if missing:
         raise UserError(f"the {side} model ({type(model).__name__}) has no tap point for {missing}; "
-                        f"it publishes {sorted(points) or 'none'}. Name the module with the method's `taps` "
-                        f"option, e.g. {{{missing[0]!r}: 'decode_head.classifier'}}.")
+                        f"it publishes {sorted(points) or 'none'}. Name the module in the table spec row's `taps`, "
+                        f"e.g. taps: {{{missing[0]}: decode_head.classifier}}.")
     return {name: points[name] for name in wanted}
 
 

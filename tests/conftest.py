@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -10,12 +12,14 @@ from torch.utils.data import Dataset
 class TinySegmenter(nn.Module):
     """Conv-BN-ReLU-Dropout + two 1×1 classifiers at stride 2 (main and aux), like a real segmentor."""
 
-    def __init__(self, num_classes: int = 19) -> None:
+    tap_points: ClassVar[dict[str, str]] = {"logits": "head", "feat": "body.3", "aux_logits": "aux"}
+
+    def __init__(self, num_classes: int = 19, width: int = 8) -> None:
         super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(3, 8, 3, stride=2, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
+        self.body = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
                                   nn.Dropout2d(0.2))
-        self.head = nn.Conv2d(8, num_classes, 1)
-        self.aux = nn.Conv2d(8, num_classes, 1)
+        self.head = nn.Conv2d(width, num_classes, 1)
+        self.aux = nn.Conv2d(width, num_classes, 1)
 
     def forward(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         feat = self.body(x)

@@ -218,7 +218,7 @@ def test_build_table3_spec_errors(change: dict, drop: list[str], match: str) -> 
 
 
 def test_tables_does_not_import_torch() -> None:
-    code = ("import sys, tables, tables.paper, tables.aggregate, tables.render, tables.method_table; "
+    code = ("import sys, tables, tables.paper, tables.aggregate, tables.render, tables.method_table, tables.plot; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

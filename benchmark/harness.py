@@ -20,6 +20,7 @@ from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m, measu
 from benchmark.plan import BASELINE, RunSpec, TableSpec, load_table_spec, plan_runs
 from tables.method_table import build_method_table
 from tables.paper import PAPER_TABLES
+from tables.plot import plot_method_table
 from tables.render import write_table
 
 # Sustained training throughput used only by --dry-run estimates. Measured on 2 EPYC cores (AVX2): ~95
@@ -129,9 +130,11 @@ def render(spec: TableSpec, ledger: Ledger, cells: dict[str, tuple[str, str]], c
         frame["row"] = [cells[k][0] for k in frame["key"]]
         frame["method"] = [cells[k][1] for k in frame["key"]]
     context = {"caption": caption, "complexity": _complexity(spec)}
-    table = build_method_table(frame, spec.raw(), context, PAPER_TABLES[spec.table]())
+    paper = PAPER_TABLES[spec.table]()
+    table = build_method_table(frame, spec.raw(), context, paper)
     md_path, tex_path = write_table(table, out / "tables", f"table{spec.table}")
-    return f"{md_path.read_text()}\nwritten: {md_path} and {tex_path}"
+    png, pdf = plot_method_table(frame, spec.raw(), paper, out / "tables" / f"table{spec.table}")
+    return f"{md_path.read_text()}\nwritten: {md_path}, {tex_path}, {png} and {pdf}"
 
 
 def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device: torch.device,

@@ -75,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
         written += paths
         print(f"wrote {', '.join(str(p) for p in paths)}")
     if not written:
-        print("error: no figure written. " + " | ".join(reasons), file=sys.stderr)
+        print(f"error: no figure written ({len(reasons)} skipped, reasons above).", file=sys.stderr)
         return 2
     return 0
 

@@ -181,6 +181,8 @@ def pick_learned(cache_dir: Path, teacher_key: str | None = None,
         owner = teacher or _teacher_of(cache_dir, stage)
         if owner is not None:
             return owner, stage
+    if stages:
+        raise _orphans(cache_dir, stages)
     if teacher is None and not list_teachers(cache_dir):
         raise _no_teacher(cache_dir)
     raise UserError(f"no learned MasKD tokens{_scope(teacher, num_tokens)} in {Path(cache_dir) / 'stages'}; "
@@ -203,8 +205,17 @@ def pick_variants(cache_dir: Path, teacher_key: str | None = None,
         learned = list_token_stages(cache_dir, div.teacher_key, task_loss=True, num_tokens=div.num_tokens)
         if owner is not None and learned:
             return owner, div, learned[0]
+    if all(_teacher_of(cache_dir, d) is None for d in diversity):
+        raise _orphans(cache_dir, diversity)
     raise UserError(f"diversity-only tokens are cached but no learned tokens of the same teacher and T"
                     f"{_scope(teacher, num_tokens)} (or their teacher entry is gone); {DIVERSITY_HINT}.")
+
+
+def _orphans(cache_dir: Path, stages: list[TokenRecord]) -> UserError:
+    keys = ", ".join(sorted({s.teacher_key for s in stages}))
+    return UserError(f"token stages are cached ({', '.join(s.key for s in stages)}) but not their teacher ({keys}) "
+                     f"in {Path(cache_dir) / 'teachers'} (a teacher given with --teacher-ckpt is never cached, or the "
+                     f"entry was deleted); the figures need its weights: {TEACHER_HINT} without --teacher-ckpt.")
 
 
 def _scope(teacher: TeacherRecord | None, num_tokens: int | None) -> str:

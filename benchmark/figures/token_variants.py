@@ -6,7 +6,8 @@ For each of a couple of val images, three rows of T masks σ(e_k · z) on the te
 loss (the method, as in Fig. 6). The left column shows the image, its ground truth and the teacher's prediction.
 Every row is labelled with its variant and its diversity loss L_div (`dice_diversity`: the mean Dice overlap of
 the T(T−1) mask pairs at logit resolution; lower = more diverse masks); the title gives the mean over the shown
-images and the masked-teacher mIoU of each cached stage. All masks share one 0–1 colour scale.
+images and the masked-teacher mIoU of each cached stage. All masks share one 0–1 colour scale, and each panel
+is annotated with its min–max value (random tokens give nearly flat masks).
 """
 
 from __future__ import annotations
@@ -41,7 +42,8 @@ STEM = "fig4_token_variants"
 LABEL_COLUMN = 1.0  # inches for the row labels
 COLORBAR = 0.75
 BLOCK_TITLE = 0.6  # inches per image block for its column titles and the captions under the left column
-HEADER = 0.75
+HEADER = 1.0  # inches for the five title lines
+RANGE_BOX = {"boxstyle": "square,pad=0.1", "facecolor": "white", "alpha": 0.6, "linewidth": 0}
 
 
 @dataclass(frozen=True)
@@ -72,6 +74,10 @@ def figure_size(n_images: int, n_tokens: int, height: int, width: int) -> tuple[
     return (1 + n_tokens) * pw + LABEL_COLUMN + COLORBAR, n_images * (3 * ph + BLOCK_TITLE) + HEADER
 
 
+def _steps(stage: TokenRecord) -> str:
+    return str(stage.meta.get("schedule", {}).get("steps", "?"))
+
+
 def _fmt(value: float | None) -> str:
     return f"{value:.2f}" if isinstance(value, (int, float)) else "n/a"
 
@@ -97,17 +103,20 @@ def render(samples: ValSamples, logits: torch.Tensor, rows: list[Variant], teach
             axes[0, 0].set_title(samples.names[i], fontsize="small")
             for r, (variant, (_, big)) in enumerate(zip(rows, drawn, strict=True)):
                 for k in range(t):
-                    image = axes[r, 1 + k].imshow(big[i, k].numpy(), cmap=MASK_CMAP, vmin=0, vmax=1,
-                                                  interpolation="bilinear")
+                    mask = big[i, k].numpy()
+                    image = axes[r, 1 + k].imshow(mask, cmap=MASK_CMAP, vmin=0, vmax=1, interpolation="bilinear")
+                    axes[r, 1 + k].text(0.02, 0.04, f"{mask.min():.2f}–{mask.max():.2f}", fontsize=5,
+                                        transform=axes[r, 1 + k].transAxes, bbox=RANGE_BOX)
                 axes[r, 1].set_ylabel(f"{variant.label}\nL_div = {dice[r][i]:.3f}", rotation=0, ha="right",
                                       va="center", labelpad=4)
             for k in range(t):
                 axes[0, 1 + k].set_title(f"token {k + 1}")
         for ax in grid.flat:
             blank(ax)
-        summary = "; ".join(
+        summary = "\n".join(
             f"{v.label}: mean L_div {sum(d) / n:.3f}"
-            + (f", masked-teacher mIoU {_fmt(v.stage.miou)} (stage {v.stage.key})" if v.stage else "")
+            + (f", masked-teacher mIoU {_fmt(v.stage.miou)} (stage {v.stage.key}, {_steps(v.stage)} steps)"
+               if v.stage else " (the learned tokens' initialisation, never trained)")
             for v, d in zip(rows, dice, strict=True))
         fig.suptitle(f"Masks of random, diversity-only and learned tokens on the teacher {teacher.model} "
                      f"(key {teacher.key}, mIoU {_fmt(teacher.miou)}), T = {t} (paper Fig. 4)\n{summary}\n"

@@ -53,6 +53,7 @@ def test_smoke_table3_end_to_end(smoke_out: Path, capsys: pytest.CaptureFixture[
     assert f"{r18['miou']:.2f} (n=1)" in table
     assert "not run" not in table.split("| DeepLabV3-R18 |")[1].split("\n")[0]  # every method cell is measured
     assert "Preset 'smoke'" in table and (smoke_out / "tables" / "table3.tex").read_text().count("\\toprule") == 1
+    assert all((smoke_out / "tables" / f"table3.{ext}").stat().st_size > 1000 for ext in ("png", "pdf"))
     run_dir = Path(r18["run_dir"])
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.yaml").is_file()
     assert (run_dir / "log.csv").read_text().startswith("step,time,loss_ce,loss_aux,lr")

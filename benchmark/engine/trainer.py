@@ -128,7 +128,7 @@ class Trainer:
         values = torch.stack([v.detach().float() for v in losses.values()])
         if bool(torch.isfinite(values).all()):
             return
-        bad = {k: float(v) for k, v in losses.items() if not math.isfinite(float(v))}
+        bad = {k: float(v.detach()) for k, v in losses.items() if not math.isfinite(float(v.detach()))}
         kept = (f"the last good checkpoint is kept at {self.checkpoint_path}"
                 if self.checkpoint_path.exists() else "no checkpoint had been written yet")
         raise NonFiniteLossError(

@@ -32,12 +32,11 @@ SEG_EPS = 1e-5
 TOKEN_SEED = 0  # tokens are learned once per teacher and shared by every student seed, as officially
 
 
-def label_masks(labels: torch.Tensor, size: tuple[int, int], num_classes: int,
-                ignore_index: int = 255) -> torch.Tensor:
-    """N×(K+1)×h×w binary masks: one per class, then one for ignore (Table 5's 19 + 1 GT masks)."""
+def label_masks(labels: torch.Tensor, size: tuple[int, int], num_classes: int) -> torch.Tensor:
+    """N×(K+1)×h×w binary masks: one per class, then one for every label outside 0..K-1 (ignore), from the
+    labels nearest-downsampled to `size` (Table 5's 19 + 1 GT masks)."""
     small = downsample_labels(labels, size)
     small = torch.where((small >= 0) & (small < num_classes), small, torch.full_like(small, num_classes))
-    del ignore_index  # every label outside 0..K-1 (255 or anything else) is the ignore mask
     return nn.functional.one_hot(small, num_classes + 1).permute(0, 3, 1, 2).float()
 
 

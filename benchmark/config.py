@@ -86,6 +86,8 @@ class Preset:
                                                                           weight_decay=1e-3))
     # Per-method option overrides for this preset (e.g. CIRKD's memory sized to the embedded data).
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Look the teacher's outputs up per image instead of recomputing them (needs flip-only augmentation).
+    cache_teacher_outputs: bool = False
     amp: bool = True
     channels_last: bool = True
     eval_batch_size: int = 8

@@ -96,7 +96,10 @@ def _train(spec: RunSpec, session: Session, run_dir: Path,
         assert teacher is not None
         extra = _distiller(spec, session, model, copy.deepcopy(teacher))
     unit = TrainUnit(model, SegmentationLoss(spec.schedule.aux_weight), extra)
-    return model, _fit(unit, spec.schedule, session, run_dir, spec.seed, spec.name)
+    result = _fit(unit, spec.schedule, session, run_dir, spec.seed, spec.name)
+    if extra is not None and extra.teacher_cache is not None and dist.is_main():
+        extra.teacher_cache.save()
+    return model, result
 
 
 def _distiller(spec: RunSpec, session: Session, student: torch.nn.Module,
@@ -104,8 +107,9 @@ def _distiller(spec: RunSpec, session: Session, student: torch.nn.Module,
     """The method bound to this student/teacher pair, its stage (e.g. MasKD tokens) run or read from cache."""
     method = build_method(spec.method_name, **spec.method_options)
     distill = spec.config["distill"]
+    memo = (session.cache_dir / "teacher_outputs", distill["teacher"]) if "teacher_outputs" in distill else None
     extra = DistillationLoss(method, student, teacher, _image_size(session.preset),
-                             distill.get("student_taps"), distill.get("teacher_taps"))
+                             distill.get("student_taps"), distill.get("teacher_taps"), memo)
     stage = method.stage(teacher)
     if stage is not None:
         method.load_stage(ensure_stage(stage, distill["teacher"], session))

@@ -178,6 +178,9 @@ def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str, s
     """The teacher run and the student/diagnostic runs (row × method × seed), optionally only `rows` and
     `methods` (ids). `sources` maps model name → backbone-weights description (`pretrain.backbone_source`).
     """
+    if preset.cache_teacher_outputs and (preset.data.scale_range or preset.data.crop):
+        raise UserError(f"preset '{preset.name}': cache_teacher_outputs needs flip-only augmentation (no "
+                        "data.scale_range or data.crop): every input must recur. Turn one of them off.")
     _pick("row", rows, [r.id for r in (*spec.students, *spec.diagnostics)], spec.table)
     _pick("method", methods, [m.id for m in spec.methods], spec.table)
     students = [r for r in spec.students if not rows or r.id in rows]
@@ -190,6 +193,8 @@ def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str, s
         if ms.method != BASELINE:
             distill = {"name": ms.method, "options": options, "teacher": teacher_key}
             distill |= {f"{side}_taps": r.taps for side, r in (("student", row), ("teacher", spec.teacher)) if r.taps}
+            if preset.cache_teacher_outputs:  # per-image teacher outputs (batch of 1): part of the result
+                distill["teacher_outputs"] = "per-image cache"
             if registry.method_class(ms.method).has_stage():
                 distill["stage_schedule"] = to_dict(preset.tokens)
         # The key hashes the method and its options, not the column id: tables share runs.

@@ -245,3 +245,28 @@ def test_maskd_stage_is_defined_by_its_mask_source() -> None:
                           {"logits": torch.ones(1, 4, 2, 2)}, {"logits": torch.ones(1, 4, 2, 2)})["loss_maskd"] == 0
     with pytest.raises(ValueError, match="differ in classes or resolution"):
         method.bind({"logits": torch.Size([2, 4, 8, 8])}, {"logits": torch.Size([2, 4, 16, 16])})
+
+
+def test_teacher_output_cache_matches_live_teacher_and_persists(tmp_path: Path) -> None:
+    student, teacher = _pair()
+    live = DistillationLoss(build_method("fitnet"), student, teacher, (16, 16))
+    cached = DistillationLoss(build_method("fitnet"), student, teacher, (16, 16), teacher_cache=(tmp_path, "t0"))
+    cached.method.load_state_dict(live.method.state_dict())
+    student.eval()  # no dropout: the student side is the same in both calls
+    memo = cached.teacher_cache
+    assert memo is not None and memo.names == ["feat", "logits"]
+    images = torch.randn(3, 3, 16, 16)
+    labels = torch.zeros(3, 16, 16, dtype=torch.long)
+    expected = {k: v.detach() for k, v in live(images, labels, student(images)).items()}
+    for _ in range(2):
+        got = cached(images, labels, student(images))
+        for name, value in expected.items():
+            torch.testing.assert_close(got[name], value, rtol=1e-5, atol=1e-6)
+    assert (memo.misses, memo.hits) == (3, 3)
+    # Batch-of-1 entries: the same image in another batch gets bit-identical teacher outputs.
+    single = memo(images[1:2], cached._run_teacher)
+    assert torch.equal(single["logits"][0], memo(images, cached._run_teacher)["logits"][1])
+    memo.save()
+    again = DistillationLoss(build_method("fitnet"), student, teacher, (16, 16), teacher_cache=(tmp_path, "t0"))
+    assert again.teacher_cache is not None and len(again.teacher_cache.entries) == 3
+    assert len(list(tmp_path.glob("t0-*.pt"))) == 1

@@ -6,10 +6,15 @@ parameter groups and an `after_step` hook; it knows nothing about teachers or me
 
 from __future__ import annotations
 
+import hashlib
+import json
+from pathlib import Path
+
 import torch
 from torch import nn
 
 from benchmark.engine.task_loss import ExtraLoss
+from benchmark.engine.teacher_cache import TeacherOutputCache
 from methods.base import Batch, Distiller, HoldsTeacher
 from methods.taps import TapRecorder, resolve_taps
 
@@ -36,7 +41,8 @@ class DistillationLoss(ExtraLoss, HoldsTeacher):
 
     def __init__(self, method: Distiller, student: nn.Module, teacher: nn.Module, image_size: tuple[int, int],
                  student_overrides: dict[str, str] | None = None,
-                 teacher_overrides: dict[str, str] | None = None) -> None:
+                 teacher_overrides: dict[str, str] | None = None,
+                 teacher_cache: tuple[Path, str] | None = None) -> None:
         super().__init__(teacher)
         optional = [name for name in method.optional_taps
                     if all(name in {**getattr(model, "tap_points", {}), **(overrides or {})}
@@ -49,15 +55,27 @@ class DistillationLoss(ExtraLoss, HoldsTeacher):
         self._student_taps = TapRecorder(student, student_paths)
         self._teacher_taps = TapRecorder(teacher, teacher_paths)
         self._student_names, self._teacher_names = list(student_paths), list(teacher_paths)
+        self.teacher_cache = None
+        if teacher_cache is not None:  # (directory, teacher key): one memo per teacher and tap set
+            directory, teacher_key = teacher_cache
+            taps = hashlib.sha1(json.dumps(sorted(teacher_paths.items())).encode()).hexdigest()[:10]
+            self.teacher_cache = TeacherOutputCache(directory / f"{teacher_key}-{taps}.pt", list(teacher_paths))
+
+    def _run_teacher(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+        with torch.no_grad():
+            self.teacher(images)
+        outputs = self._teacher_taps.collect(self._teacher_names)
+        self._teacher_taps.clear()
+        return outputs
 
     def forward(self, images: torch.Tensor, labels: torch.Tensor,
                 outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        with torch.no_grad():
-            self.teacher(images)
+        if self.teacher_cache is not None:
+            teacher = self.teacher_cache(images, self._run_teacher)
+        else:
+            teacher = self._run_teacher(images)
         student = self._student_taps.collect(self._student_names)
-        teacher = self._teacher_taps.collect(self._teacher_names)
         self._student_taps.clear()
-        self._teacher_taps.clear()
         return self.method(Batch(images, labels), student, teacher)
 
     def parameter_groups(self) -> list[tuple[list[nn.Parameter], float]]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as torch_dist
 import torch.nn.functional as F
 from torch import nn
 
@@ -31,6 +32,15 @@ from methods.baselines.ifvd import downsample_labels, ifv_loss
 from methods.baselines.kd import pixel_kd_loss
 from methods.baselines.skd import pairwise_affinity_loss
 from methods.registry import register_method
+
+
+def _all_gather(tensor: torch.Tensor) -> torch.Tensor:
+    """Concatenate `tensor` from every DDP process along dim 0 (itself when not distributed)."""
+    if not (torch_dist.is_available() and torch_dist.is_initialized()):
+        return tensor
+    parts = [torch.empty_like(tensor) for _ in range(torch_dist.get_world_size())]
+    torch_dist.all_gather(parts, tensor.contiguous())
+    return torch.cat(parts)
 
 
 class _LogitKD(Distiller):
@@ -205,9 +215,8 @@ class CIRKD(_LogitKD):
     """CIRKD (kd_reference §5): KD·1 + mini-batch pixel-to-pixel·1 + memory pixel·0.1 + memory region·0.1.
 
     The memory holds teacher embeddings (per-pixel L2-normalised `feat`); the student's `feat` goes through
-    a trainable projector first. The teacher's batch is enqueued before the memory losses, as officially.
-    Under DDP the official code all-gathers features and labels before enqueueing; here each process
-    enqueues its own shard (a documented difference).
+    a trainable projector first. The teacher's batch is enqueued before the memory losses, as officially;
+    under DDP the whole batch is all-gathered first, so every process holds the same memory.
     """
 
     student_taps = ("logits", "feat")
@@ -242,7 +251,7 @@ class CIRKD(_LogitKD):
         s_emb = F.normalize(self.projector(student["feat"]), dim=1)
         t_emb = F.normalize(teacher["feat"], dim=1)
         labels = downsample_labels(batch.labels, tuple(t_emb.shape[-2:]))
-        self.memory.enqueue(t_emb, labels)
+        self.memory.enqueue(_all_gather(t_emb.detach()), _all_gather(labels))
         losses["loss_pixel_memory"] = o.pixel_memory_weight * memory_contrast_loss(
             s_emb, t_emb, labels, self.memory.pixel_queue, o.pixel_contrast, o.memory_tau)
         losses["loss_region_memory"] = o.region_memory_weight * memory_contrast_loss(

@@ -142,7 +142,7 @@ def build_method_table(runs: pd.DataFrame, spec: dict, context: dict, paper: dic
         "sqrt(std_method^2 + std_baseline^2) (independent runs), n = min of the two; the paper Δ uses "
         "the paper's val numbers.",
         "Params (M) and FLOPs (G): ours measured, the paper's in parentheses. "
-        + spec.get("flops_note", DEFAULT_FLOPS_NOTE),
+        + (spec.get("flops_note") or DEFAULT_FLOPS_NOTE),
         f"Teacher: mIoU in the {columns[0][1]} column, with the paper's val and test mIoU.",
     ]
     for d in spec.get("diagnostics", []):

@@ -222,3 +222,17 @@ def test_tables_does_not_import_torch() -> None:
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("table", ["3", "5", "tokens"])
+def test_every_shipped_table_spec_renders(table: str) -> None:
+    from benchmark.plan import load_table_spec
+    from tables.paper import PAPER_TABLES
+
+    spec = load_table_spec(table, None).raw()
+    runs = pd.DataFrame([{"row": s["id"], "method": m["id"], "seed": 0, "miou": 50.0}
+                         for s in spec["students"] for m in spec["methods"]])
+    t = build_method_table(runs, spec, {"caption": "c"}, PAPER_TABLES[table]())
+    assert t.columns[3:] == [m["label"] for m in spec["methods"]]
+    assert all("50.00 (n=1)" in cell for row in t.rows[1:1 + len(spec["students"])] for cell in row[3:])
+    assert "FLOPs (G)" in "\n".join(t.notes)

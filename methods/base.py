@@ -13,6 +13,7 @@ Life cycle, driven by `benchmark.engine.distill`:
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -28,7 +29,7 @@ class Batch:
     labels: torch.Tensor
 
 
-class Distiller(nn.Module):
+class Distiller(nn.Module, ABC):
     """Base class of every distillation method (see the module docstring for the life cycle)."""
 
     name: ClassVar[str] = ""
@@ -48,9 +49,10 @@ class Distiller(nn.Module):
     def bind(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         """Build the method's modules for these tapped shapes (N×C×H×W). Default: nothing to build."""
 
+    @abstractmethod
     def forward(self, batch: Batch, student: dict[str, torch.Tensor],
                 teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        raise NotImplementedError
+        """Named, already-weighted loss terms from the tapped tensors of both networks."""
 
     def stage(self, teacher: nn.Module) -> Stage | None:
         """A training stage to run (and cache) before student training, e.g. MasKD token learning."""

@@ -51,10 +51,11 @@ def method_class(name: str) -> type[Distiller]:
 def method_options(name: str, **options: Any) -> Any:
     """The validated `Options` instance of method `name` (defaults filled in)."""
     cls = method_class(name)
-    fields = {f.name: f for f in dataclasses.fields(cls.Options)}
+    own = list(vars(cls.Options).get("__annotations__", {}))
+    fields = own + [f.name for f in dataclasses.fields(cls.Options) if f.name not in own]  # own options first
     for key in options:
         if key not in fields:
-            raise UserError(f"method '{name}' has no option '{key}'.{_hint(key, list(fields))} "
+            raise UserError(f"method '{name}' has no option '{key}'.{_hint(key, fields)} "
                             f"Valid options: {', '.join(fields) or '(none)'}.")
     return cls.Options(**{k: tuple(v) if isinstance(v, list) else v for k, v in options.items()})
 

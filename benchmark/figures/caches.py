@@ -28,11 +28,10 @@ TEACHER_HINT = "run `python benchmark/run.py --table 3` first (it trains and cac
 
 
 @dataclass(frozen=True)
-class TeacherRecord:
-    """A finished teacher cache entry and its meta.json."""
+class CachedRecord:
+    """A finished cache entry, its key, its meta.json and when that was written."""
 
     entry: CacheEntry
-    model: str
     key: str
     meta: dict[str, Any]
     mtime: float
@@ -45,6 +44,13 @@ class TeacherRecord:
     def miou(self) -> float | None:
         return self.meta.get("miou")
 
+
+@dataclass(frozen=True)
+class TeacherRecord(CachedRecord):
+    """A finished teacher cache entry and its meta.json."""
+
+    model: str = ""
+
     def describe(self) -> str:
         miou = f"{self.miou:.2f}" if isinstance(self.miou, (int, float)) else "?"
         data = self.config.get("data", {}).get("id", "?")
@@ -52,17 +58,8 @@ class TeacherRecord:
 
 
 @dataclass(frozen=True)
-class TokenRecord:
+class TokenRecord(CachedRecord):
     """A finished MasKD token-stage cache entry (`<cache>/stages/tokens-<key>/`)."""
-
-    entry: CacheEntry
-    key: str
-    meta: dict[str, Any]
-    mtime: float
-
-    @property
-    def config(self) -> dict[str, Any]:
-        return self.meta.get("config", {})
 
     @property
     def teacher_key(self) -> str:
@@ -75,10 +72,6 @@ class TokenRecord:
     @property
     def num_tokens(self) -> int:
         return int(self.config.get("num_tokens", 0))
-
-    @property
-    def miou(self) -> float | None:
-        return self.meta.get("miou")
 
     @property
     def variant(self) -> str:
@@ -119,7 +112,7 @@ def _finished(folder: Path, prefix: str | None = None) -> Iterable[tuple[CacheEn
 
 def list_teachers(cache_dir: Path) -> list[TeacherRecord]:
     """Finished teachers, newest first (by meta.json time)."""
-    found = [TeacherRecord(entry, name, key, meta, mtime)
+    found = [TeacherRecord(entry, key, meta, mtime, model=name)
              for entry, name, key, meta, mtime in _finished(Path(cache_dir) / "teachers")]
     return sorted(found, key=lambda r: r.mtime, reverse=True)
 

@@ -93,8 +93,22 @@ class FitNet(_LogitKD):
         return {"loss_fitnet": self.options.weight * loss, **self._kd(student, teacher)}
 
 
+@dataclass(frozen=True)
+class HolisticOptions:
+    """Options every CIRKD recipe with the adversarial term shares: KD and the discriminator."""
+
+    kd_weight: float = 1.0
+    kd_tau: float = 1.0
+    adv_weight: float = 0.001
+    d_weight: float = 0.1
+    d_lr: float = 4e-4
+
+
 class _Holistic(_LogitKD):
     """Base of the CIRKD recipes with the adversarial term: its discriminator has its own optimizer."""
+
+    student_taps = ("logits", "feat")
+    teacher_taps = ("logits", "feat")
 
     def _bind_adversary(self, num_classes: int) -> None:
         o = self.options
@@ -118,18 +132,10 @@ class _Holistic(_LogitKD):
 class SKD(_Holistic):
     """CIRKD SKD (skd_ifvd_reference §1): KD·1 + pair-wise affinity on 2×2-pooled `feat`·10 + adversarial."""
 
-    student_taps = ("logits", "feat")
-    teacher_taps = ("logits", "feat")
-
     @dataclass(frozen=True)
-    class Options:
+    class Options(HolisticOptions):
         pairwise_weight: float = 10.0
         patch: int = 2
-        kd_weight: float = 1.0
-        kd_tau: float = 1.0
-        adv_weight: float = 0.001
-        d_weight: float = 0.1
-        d_lr: float = 4e-4
 
     def bind(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         self._bind_adversary(teacher_shapes["logits"][1])
@@ -146,17 +152,9 @@ class SKD(_Holistic):
 class IFVD(_Holistic):
     """CIRKD IFVD (skd_ifvd_reference §2): KD·1 + intra-class feature variation on `feat`·20 + adversarial."""
 
-    student_taps = ("logits", "feat")
-    teacher_taps = ("logits", "feat")
-
     @dataclass(frozen=True)
-    class Options:
+    class Options(HolisticOptions):
         ifv_weight: float = 20.0
-        kd_weight: float = 1.0
-        kd_tau: float = 1.0
-        adv_weight: float = 0.001
-        d_weight: float = 0.1
-        d_lr: float = 4e-4
 
     def bind(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         self.num_classes = teacher_shapes["logits"][1]
@@ -180,20 +178,12 @@ class CWD(_Holistic):
     recipe behind Table 3), False uses the MMRazor normalisation.
     """
 
-    student_taps = ("logits", "feat")
-    teacher_taps = ("logits", "feat")
-
     @dataclass(frozen=True)
-    class Options:
+    class Options(HolisticOptions):
         feat_weight: float = 50.0
         logit_weight: float = 3.0
         tau: float = 4.0
         cirkd_normalisation: bool = True
-        kd_weight: float = 1.0
-        kd_tau: float = 1.0
-        adv_weight: float = 0.001
-        d_weight: float = 0.1
-        d_lr: float = 4e-4
 
     def bind(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
         s_ch, t_ch = student_shapes["feat"][1], teacher_shapes["feat"][1]

@@ -21,13 +21,13 @@ from benchmark.engine import dist
 from benchmark.engine.cache import cache_entry
 from benchmark.engine.checkpoint import load_checkpoint, load_state_strict
 from benchmark.engine.distill import DistillationLoss
-from benchmark.engine.evaluate import evaluate
 from benchmark.engine.pretrain import file_digest, load_into, pretrained_backbone_state
 from benchmark.engine.task_loss import SegmentationLoss, TrainUnit
-from benchmark.engine.trainer import Trainer, TrainResult, val_batches
+from benchmark.engine.trainer import Trainer, TrainResult
 from benchmark.ledger import Ledger, experiment_key
 from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m
 from benchmark.plan import BASELINE, RowSpec, RunSpec
+from benchmark.tasks import Task
 from methods import Stage, build_method
 
 NUM_CLASSES = len(CITYSCAPES_CLASSES)
@@ -43,6 +43,7 @@ class Session:
     out: Path
     cache_dir: Path
     data_id: str
+    task: Task
     train_set: torch.utils.data.Dataset
     val_set: torch.utils.data.Dataset
     user_weights: dict[str, Path]
@@ -76,7 +77,7 @@ def _fresh_run_dir(run_dir: Path, session: Session, config: dict[str, Any]) -> N
 def _fit(unit: TrainUnit, schedule: ScheduleConfig, session: Session, run_dir: Path, seed: int,
          desc: str) -> TrainResult:
     trainer = Trainer(unit, schedule, session.preset, session.train_set, session.val_set, run_dir,
-                      session.device, seed, NUM_CLASSES, desc=desc)
+                      session.device, seed, session.task, desc=desc)
     result = trainer.fit(resume=session.resume)
     assert result is not None  # fit returns None only when asked to stop early
     return result
@@ -142,23 +143,23 @@ def ensure_stage(stage: Stage, teacher_key: str, session: Session) -> dict[str, 
         if dist.is_main():
             entry.store(stage.model.state_dict(), {
                 "stage": stage.name, "key": key, "teacher": teacher_key, "config": stage.config,
-                "schedule": to_dict(schedule), "miou": result.miou, "class_iou": result.class_iou,
+                "schedule": to_dict(schedule), **result.metrics,
                 "wall_s": {"train_s": result.train_s, "eval_s": result.eval_s}})
-            print(f"stage {stage.name} ({key}): mIoU of the masked teacher {result.miou:.2f} "
+            headline = session.task.metrics[0]
+            print(f"stage {stage.name} ({key}): {headline} of the masked teacher {result.metrics[headline]:.2f} "
                   f"({result.train_s / 60:.1f} min)")
         dist.barrier()
     return entry.state_dict()
 
 
-def _row(spec: RunSpec, session: Session, model: torch.nn.Module, miou: float, class_iou: list[float],
+def _row(spec: RunSpec, session: Session, model: torch.nn.Module, metrics: dict[str, Any],
          timing: dict[str, float], run_dir: Path) -> dict[str, Any]:
     return {
         "key": spec.key, "table": spec.table, "row": spec.row.id, "role": spec.role, "label": spec.row.label,
         "model": spec.row.model, "method": spec.method, "method_name": spec.method_name,
         "method_options": spec.method_options, "pretrained": spec.row.pretrained,
         "seed": spec.seed, "preset": session.preset.name, "preset_key": session.preset_key,
-        "data": session.data_id, "miou": round(miou, 4),
-        "class_iou": {c: round(100 * v, 3) for c, v in zip(CITYSCAPES_CLASSES, class_iou, strict=True)},
+        "data": session.data_id, **session.task.ledger_cells(metrics),
         "steps": spec.schedule.steps, "batch_size": spec.schedule.batch_size,
         "params_m": round(count_params_m(model), 3), "world_size": dist.world_size(),
         "device": session.device.type, "run_dir": str(run_dir), **{k: round(v, 1) for k, v in timing.items()},
@@ -178,13 +179,14 @@ def ensure_teacher(spec: RunSpec, session: Session) -> tuple[torch.nn.Module, di
     if not entry.exists():
         trained, result = _train(spec, session, entry.root / "run")
         if dist.is_main():
-            meta = {"config": spec.config, "key": spec.key, "miou": result.miou, "class_iou": result.class_iou,
+            meta = {"config": spec.config, "key": spec.key, **result.metrics,
                     "wall_s": {"train_s": result.train_s, "eval_s": result.eval_s}}
             entry.store(trained.state_dict(), meta)
         dist.barrier()
     meta = entry.meta()
     load_state_strict(model, entry.state_dict(), entry.weights_path, "cached teacher")
-    row = _row(spec, session, model, meta["miou"], meta["class_iou"], meta["wall_s"], entry.root)
+    metrics = {name: meta[name] for name in session.task.result_keys() if name in meta}
+    row = _row(spec, session, model, metrics, meta["wall_s"], entry.root)
     return model, row
 
 
@@ -202,10 +204,10 @@ def _user_teacher(model: torch.nn.Module, spec: RunSpec, session: Session) -> di
         return cached
     model.to(session.device)
     t0 = time.perf_counter()
-    matrix = evaluate(model, val_batches(session.val_set, session.preset.eval_batch_size), NUM_CLASSES,
-                      session.device, amp=session.preset.amp)
+    metrics = session.task.evaluate(model, session.val_set, session.preset.eval_batch_size, session.device,
+                                    amp=session.preset.amp)
     timing = {"train_s": 0.0, "eval_s": time.perf_counter() - t0}
-    return {**_row(spec, session, model, matrix.miou(), matrix.class_iou(), timing, path), "key": key}
+    return {**_row(spec, session, model, metrics, timing, path), "key": key}
 
 
 def run_student(spec: RunSpec, session: Session, teacher: torch.nn.Module) -> dict[str, Any] | None:
@@ -214,8 +216,7 @@ def run_student(spec: RunSpec, session: Session, teacher: torch.nn.Module) -> di
         return None
     run_dir = session.out / "runs" / spec.row.id / f"{spec.method}-seed{spec.seed}-{spec.key}"
     model, result = _train(spec, session, run_dir, teacher)
-    row = _row(spec, session, model, result.miou, result.class_iou,
-               {"train_s": result.train_s, "eval_s": result.eval_s}, run_dir)
+    row = _row(spec, session, model, result.metrics, {"train_s": result.train_s, "eval_s": result.eval_s}, run_dir)
     if dist.is_main():
         atomic_write_text(json.dumps(row, indent=2, default=str) + "\n", run_dir / "result.json")
     return row

@@ -18,6 +18,7 @@ from benchmark.experiment import Session, ensure_teacher, run_student
 from benchmark.ledger import Ledger
 from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m, measure_gflops
 from benchmark.plan import BASELINE, RunSpec, TableSpec, load_table_spec, plan_runs
+from benchmark.tasks import SegmentationTask
 from tables.method_table import build_method_table
 from tables.paper import PAPER_TABLES
 from tables.plot import plot_method_table
@@ -158,8 +159,8 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
                                    "teacher_ckpt": args.teacher_ckpt, "force": args.force}, preset, device)
         return 0
     train_set, val_set = _datasets(root, preset)
-    session = Session(preset, preset_key, device, args.out, args.cache_dir, data_id, train_set, val_set,
-                      user_weights, args.teacher_ckpt, args.resume, args.force, ledger)
+    session = Session(preset, preset_key, device, args.out, args.cache_dir, data_id, SegmentationTask(), train_set,
+                      val_set, user_weights, args.teacher_ckpt, args.resume, args.force, ledger)
     teacher_model, teacher_row = ensure_teacher(teacher, session)
     if dist.is_main() and not ledger.has(teacher_row["key"]):
         ledger.append(teacher_row)

@@ -26,6 +26,10 @@ class TinySegmenter(nn.Module):
         return {"out": self.head(feat), "aux": self.aux(feat)}
 
 
+CLASSES4 = ("a", "b", "c", "d")  # class names of the 4-class toy data
+
+
+
 class RandomSegData(Dataset):
     """Deterministic images whose label is learnable from colour; keys may be (index, seed) tuples."""
 

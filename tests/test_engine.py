@@ -15,7 +15,8 @@ from benchmark.engine.sampler import StepBatchSampler
 from benchmark.engine.task_loss import ExtraLoss, SegmentationLoss, TrainUnit
 from benchmark.engine.trainer import NonFiniteLossError, Trainer, poly_factor
 from benchmark.errors import UserError
-from tests.conftest import RandomSegData, TinySegmenter
+from benchmark.tasks import SegmentationTask
+from tests.conftest import CLASSES4, RandomSegData, TinySegmenter
 
 
 def test_poly_lr_has_the_official_floor() -> None:
@@ -79,20 +80,20 @@ def _trainer(run_dir: Path, unit: TrainUnit | None = None, steps: int = 6) -> Tr
     torch.manual_seed(0)
     unit = unit or TrainUnit(TinySegmenter(4), SegmentationLoss())
     return Trainer(unit, schedule, preset, RandomSegData(), RandomSegData(4), run_dir, torch.device("cpu"),
-                   seed=1, num_classes=4)
+                   seed=1, task=SegmentationTask(CLASSES4))
 
 
 def test_resume_after_interruption_gives_the_same_result(tmp_path: Path) -> None:
     straight = _trainer(tmp_path / "a")
     result = straight.fit()
-    assert result is not None and result.steps == 6 and result.miou > 0
+    assert result is not None and result.steps == 6 and result.metrics["miou"] > 0
     interrupted = _trainer(tmp_path / "b")
     assert interrupted.fit(stop_after=4) is None  # killed after step 4; last checkpoint is step 3
     with pytest.raises(UserError, match="--resume"):
         _trainer(tmp_path / "b").fit()
     resumed = _trainer(tmp_path / "b")
     again = resumed.fit(resume=True)
-    assert again is not None and again.miou == result.miou and again.class_iou == result.class_iou
+    assert again is not None and again.metrics == result.metrics
     for (name, a), b in zip(straight.unit.state_dict().items(), resumed.unit.state_dict().values(), strict=True):
         assert torch.equal(a, b), name
     steps = [int(line.split(",")[0]) for line in (tmp_path / "b" / "log.csv").read_text().splitlines()[1:]]

@@ -14,12 +14,13 @@ from benchmark.engine.distill import DistillationLoss
 from benchmark.engine.task_loss import SegmentationLoss, TrainUnit
 from benchmark.engine.trainer import Trainer
 from benchmark.errors import UserError
+from benchmark.tasks import SegmentationTask
 from methods import Batch, Distiller, build_method, list_methods, register_method
 from methods.maskd.learn import MaskedTeacher, TokenLearningLoss
 from methods.maskd.masks import init_tokens
 from methods.maskd.method import label_masks
 from methods.taps import TapRecorder, resolve_taps
-from tests.conftest import RandomSegData, TinySegmenter
+from tests.conftest import CLASSES4, RandomSegData, TinySegmenter
 
 ALL = ["cirkd", "cwd", "fitnet", "ifvd", "kd", "maskd", "skd"]
 
@@ -175,14 +176,14 @@ def test_method_with_own_optimizer_resumes_exactly(tmp_path: Path) -> None:
         unit = TrainUnit(student, SegmentationLoss(), DistillationLoss(build_method("skd"), student, teacher,
                                                                        (16, 16)))
         return Trainer(unit, ScheduleConfig(steps=6, batch_size=4, lr=0.05), preset, RandomSegData(),
-                       RandomSegData(4), run_dir, torch.device("cpu"), seed=1, num_classes=4)
+                       RandomSegData(4), run_dir, torch.device("cpu"), seed=1, task=SegmentationTask(CLASSES4))
 
     straight = trainer(tmp_path / "a")
     result = straight.fit()
     assert trainer(tmp_path / "b").fit(stop_after=4) is None
     resumed = trainer(tmp_path / "b")
     again = resumed.fit(resume=True)
-    assert again is not None and again.miou == result.miou
+    assert again is not None and again.metrics == result.metrics
     for (name, a), b in zip(straight.unit.state_dict().items(), resumed.unit.state_dict().values(), strict=True):
         if isinstance(a, torch.Tensor):
             assert torch.equal(a, b), name

@@ -1,6 +1,8 @@
-"""The segmentation task loss every run shares: CE on the main logits + weighted CE on the aux logits."""
+"""Task losses (the student's own objective) and the `TrainUnit` the trainer optimises."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -10,7 +12,16 @@ from benchmark.data.cityscapes import IGNORE_INDEX
 from benchmark.engine.evaluate import upsample
 
 
-class SegmentationLoss(nn.Module):
+class TaskLoss(nn.Module):
+    """A task's loss: `student_outputs` runs the student on a batch, `forward(labels, outputs)` returns named,
+    already-weighted terms."""
+
+    def student_outputs(self, student: nn.Module, images: Any, labels: Any) -> Any:
+        """The student's outputs for a batch (default: `student(images)`)."""
+        return student(images)
+
+
+class SegmentationLoss(TaskLoss):
     """CE after bilinear upsampling to label size (align_corners=True, ignore 255), as the official code.
 
     Returns named, already-weighted terms: `loss_ce` and, when the model has an aux head,
@@ -50,12 +61,12 @@ class TrainUnit(nn.Module):
     student forward; its parameters join the optimizer through `parameter_groups()`.
     """
 
-    def __init__(self, student: nn.Module, task_loss: nn.Module, extra: ExtraLoss | None = None) -> None:
+    def __init__(self, student: nn.Module, task_loss: TaskLoss, extra: ExtraLoss | None = None) -> None:
         super().__init__()
         self.student, self.task_loss, self.extra = student, task_loss, extra
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
-        outputs = self.student(images)
+    def forward(self, images: Any, labels: Any) -> dict[str, torch.Tensor]:
+        outputs = self.task_loss.student_outputs(self.student, images, labels)
         losses = self.task_loss(labels, outputs)
         if self.extra is not None:
             losses.update(self.extra(images, labels, outputs))

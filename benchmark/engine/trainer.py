@@ -14,16 +14,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset
 
 from benchmark.config import Preset, ScheduleConfig
 from benchmark.engine import dist
 from benchmark.engine.checkpoint import atomic_torch_save, load_checkpoint, load_state_strict
-from benchmark.engine.evaluate import evaluate
 from benchmark.engine.sampler import StepBatchSampler
 from benchmark.engine.task_loss import TrainUnit
 from benchmark.errors import UserError
 from benchmark.progress import progress
+from benchmark.tasks import SegmentationTask, Task
 
 CHECKPOINT_FORMAT = "kdbench-train-v1"
 CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "step", "rng_cpu")
@@ -35,8 +35,7 @@ class NonFiniteLossError(UserError):
 
 @dataclass(frozen=True)
 class TrainResult:
-    miou: float
-    class_iou: list[float]
+    metrics: dict[str, Any]  # the task's evaluation of the final student (`Task.metrics` and details)
     steps: int
     train_s: float
     eval_s: float
@@ -54,9 +53,10 @@ class Trainer:
 
     def __init__(self, unit: TrainUnit, schedule: ScheduleConfig, preset: Preset, train_set: Dataset,
                  val_set: Dataset, run_dir: Path, device: torch.device, seed: int,
-                 num_classes: int = 19, desc: str = "train") -> None:
+                 task: Task | None = None, desc: str = "train") -> None:
         self.schedule, self.preset, self.device, self.seed = schedule, preset, device, seed
-        self.train_set, self.val_set, self.run_dir, self.num_classes = train_set, val_set, run_dir, num_classes
+        self.train_set, self.val_set, self.run_dir = train_set, val_set, run_dir
+        self.task = task or SegmentationTask()
         self.desc = desc
         self.cuda = device.type == "cuda"
         channels_last = self.cuda and preset.channels_last
@@ -121,7 +121,7 @@ class Trainer:
         # the checkpoint restores for dropout (else a resumed run diverges from an uninterrupted one).
         generator = torch.Generator().manual_seed(self.seed)
         return DataLoader(self.train_set, batch_sampler=sampler, num_workers=workers, generator=generator,
-                          pin_memory=self.cuda, persistent_workers=False,
+                          collate_fn=self.task.collate, pin_memory=self.cuda, persistent_workers=False,
                           prefetch_factor=4 if workers else None)
 
     def _check_finite(self, losses: dict[str, torch.Tensor], step: int) -> None:
@@ -146,8 +146,7 @@ class Trainer:
         bar = progress(total=self.schedule.steps, initial=start, desc=self.desc, smoothing=0.05)
         step = start
         for images, labels in self._loader(start):
-            images = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-            labels = labels.to(self.device, non_blocking=True)
+            images, labels = self.task.to_device(images, labels, self.device, self.memory_format)
             with torch.autocast(self.device.type, enabled=self.scaler.is_enabled()):
                 losses = self.model(images, labels)
             self._check_finite(losses, step)
@@ -175,16 +174,10 @@ class Trainer:
         logger.close()
         train_s = time.perf_counter() - t0
         t1 = time.perf_counter()
-        channels_last = self.memory_format == torch.channels_last
-        matrix = evaluate(self.unit.student, val_batches(self.val_set, self.preset.eval_batch_size),
-                          self.num_classes, self.device, amp=self.scaler.is_enabled(), channels_last=channels_last)
-        return TrainResult(matrix.miou(), matrix.class_iou(), step, train_s, time.perf_counter() - t1)
-
-
-def val_batches(val_set: Dataset, batch_size: int) -> DataLoader:
-    """This rank's shard of the validation split (no padding, so no image is counted twice)."""
-    shard = Subset(val_set, list(range(dist.rank(), len(val_set), dist.world_size())))
-    return DataLoader(shard, batch_size=batch_size, num_workers=0)
+        metrics = self.task.evaluate(self.unit.student, self.val_set, self.preset.eval_batch_size, self.device,
+                                     amp=self.scaler.is_enabled(),
+                                     channels_last=self.memory_format == torch.channels_last)
+        return TrainResult(metrics, step, train_s, time.perf_counter() - t1)
 
 
 class _Logger:

@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from benchmark.engine.task_loss import SegmentationLoss
+from benchmark.engine.task_loss import SegmentationLoss, TaskLoss
 from methods.base import HoldsTeacher
 from methods.maskd.masks import dice_diversity, init_tokens, token_masks
 
@@ -42,7 +42,7 @@ class MaskedTeacher(HoldsTeacher):
         return result
 
 
-class TokenLearningLoss(nn.Module):
+class TokenLearningLoss(TaskLoss):
     """CE on the masked logits (if `task`), aux_weight·CE on the aux logits, div_weight·Dice diversity.
 
     `task=False` learns tokens with the diversity term alone (the paper's "L_div only" ablation, Fig. 4).

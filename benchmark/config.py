@@ -38,10 +38,15 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Architecture knobs shared by teacher and students (the paper: OS 8, ASPP rates 12/24/36)."""
+    """Architecture knobs shared by teacher and students (the paper: OS 8, ASPP rates 12/24/36).
+
+    `detector`: per detector family ("faster_rcnn", "retinanet", "fcos"), keyword arguments of its torchvision
+    class (e.g. fewer sampled RoIs in small presets).
+    """
 
     output_stride: int = 8
     aspp_rates: tuple[int, int, int] | None = None
+    detector: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,10 @@ class ScheduleConfig:
     poly_power: float = 0.9
     lr_floor: float = 1e-4
     aux_weight: float = 0.4
+    # Linear warm-up from warmup_ratio × lr over warmup_steps (mmdet detection recipes), gradient-norm clip.
+    warmup_steps: int = 0
+    warmup_ratio: float = 0.001
+    clip_grad_norm: float | None = None
 
 
 @dataclass(frozen=True)
@@ -88,6 +97,8 @@ class Preset:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Look the teacher's outputs up per image instead of recomputing them (needs flip-only augmentation).
     cache_teacher_outputs: bool = False
+    # Overrides of the fields above for detection tables (`for_task`): data, schedules, pretraining, methods.
+    detection: dict[str, Any] = field(default_factory=dict)
     amp: bool = True
     channels_last: bool = True
     eval_batch_size: int = 8
@@ -98,6 +109,18 @@ class Preset:
 
 NON_SEMANTIC = {"name", "description", "workers", "log_every", "checkpoint_every", "tensorboard",
                 "eval_batch_size"}
+# Fields added after the first release hash into keys only when switched on, so earlier runs keep their keys.
+ADDED_LATER = {"warmup_steps": 0, "warmup_ratio": 0.001, "clip_grad_norm": None, "detector": {}}
+TASKS = ("seg", "det")
+
+
+def for_task(preset: Preset, task: str) -> Preset:
+    """The preset as a table of `task` uses it: detection tables apply the preset's `detection` overrides."""
+    if task not in TASKS:
+        raise UserError(f"unknown task {task!r} in a table spec; valid tasks: {', '.join(TASKS)}.")
+    if task == "seg" or not preset.detection:
+        return preset
+    return merge(preset, {**preset.detection, "detection": {}}, "detection.")
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> UserError:
@@ -175,7 +198,8 @@ def _listify(value: Any) -> Any:
 
 def semantic(config: dict[str, Any]) -> dict[str, Any]:
     """Drop non-semantic fields (paths, workers, logging cadence) before hashing a config."""
-    return {k: semantic(v) if isinstance(v, dict) else v for k, v in config.items() if k not in NON_SEMANTIC}
+    return {k: semantic(v) if isinstance(v, dict) else v for k, v in config.items()
+            if k not in NON_SEMANTIC and not (k in ADDED_LATER and v == ADDED_LATER[k])}
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

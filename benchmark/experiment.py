@@ -16,21 +16,19 @@ import yaml
 
 from benchmark.atomic import atomic_write_text
 from benchmark.config import Preset, ScheduleConfig, merge, semantic, to_dict
-from benchmark.data.cityscapes import CITYSCAPES_CLASSES
 from benchmark.engine import dist
 from benchmark.engine.cache import cache_entry
 from benchmark.engine.checkpoint import load_checkpoint, load_state_strict
 from benchmark.engine.distill import DistillationLoss
-from benchmark.engine.pretrain import file_digest, load_into, pretrained_backbone_state
+from benchmark.engine.pretrain import file_digest, pretrained_backbone_state
 from benchmark.engine.task_loss import SegmentationLoss, TrainUnit
 from benchmark.engine.trainer import Trainer, TrainResult
+from benchmark.errors import UserError
 from benchmark.ledger import Ledger, experiment_key
-from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m
+from benchmark.models import count_params_m
 from benchmark.plan import BASELINE, RowSpec, RunSpec
-from benchmark.tasks import Task
+from benchmark.tasks import DetectionLoss, Task
 from methods import Stage, build_method
-
-NUM_CLASSES = len(CITYSCAPES_CLASSES)
 
 
 @dataclass
@@ -54,15 +52,25 @@ class Session:
 
 
 def build_model(row: RowSpec, session: Session) -> torch.nn.Module:
-    """The row's segmentor at the preset's output stride, with pretrained backbone weights if asked."""
-    arch = session.preset.model
-    model = build_segmentor(row.model, num_classes=NUM_CLASSES, output_stride=arch.output_stride,
-                            aspp_rates=arch.aspp_rates)
+    """The row's model at the preset's architecture, with pretrained backbone weights if asked."""
+    task = session.task
+    model = task.build_model(row.model, session.preset)
     if row.pretrained:
-        backbone = BACKBONE_OF[row.model]
-        load_into(model, pretrained_backbone_state(backbone, session.preset, session.cache_dir,
-                                                   session.device, session.user_weights))
+        task.load_backbone(model, pretrained_backbone_state(task.backbone_of(row.model), session.preset,
+                                                            session.cache_dir, session.device,
+                                                            session.user_weights, task.stem))
     return model
+
+
+def inherit_from_teacher(student: torch.nn.Module, teacher: torch.nn.Module) -> None:
+    """The "†" rows: copy every teacher tensor outside the backbone body (neck and heads) into the student."""
+    own = student.state_dict()
+    shared = {k: v for k, v in teacher.state_dict().items()
+              if not k.startswith("backbone.body.") and k in own and own[k].shape == v.shape}
+    if not shared:
+        raise UserError("inherit: the teacher has no neck/head tensors of the student's shapes; inheriting "
+                        "needs detectors of one family with equal FPN widths (turn `inherit` off).")
+    student.load_state_dict(shared, strict=False)
 
 
 def _fresh_run_dir(run_dir: Path, session: Session, config: dict[str, Any]) -> None:
@@ -92,11 +100,15 @@ def _train(spec: RunSpec, session: Session, run_dir: Path,
     _fresh_run_dir(run_dir, session, {"key": spec.key, "seed": spec.seed, **spec.config})
     torch.manual_seed(spec.seed)  # initial weights depend on the run's seed only, not on what ran before
     model = build_model(spec.row, session)
+    if "inherit" in spec.config:
+        assert teacher is not None
+        inherit_from_teacher(model, teacher)
     extra = None
     if spec.method_name != BASELINE:
         assert teacher is not None
         extra = _distiller(spec, session, model, copy.deepcopy(teacher))
-    unit = TrainUnit(model, SegmentationLoss(spec.schedule.aux_weight), extra)
+    task_loss = DetectionLoss() if session.task.name == "detection" else SegmentationLoss(spec.schedule.aux_weight)
+    unit = TrainUnit(model, task_loss, extra)
     result = _fit(unit, spec.schedule, session, run_dir, spec.seed, spec.name)
     if extra is not None and extra.teacher_cache is not None and dist.is_main():
         extra.teacher_cache.save()
@@ -110,7 +122,8 @@ def _distiller(spec: RunSpec, session: Session, student: torch.nn.Module,
     distill = spec.config["distill"]
     memo = (session.cache_dir / "teacher_outputs", distill["teacher"]) if "teacher_outputs" in distill else None
     extra = DistillationLoss(method, student, teacher, _image_size(session.preset),
-                             distill.get("student_taps"), distill.get("teacher_taps"), memo)
+                             distill.get("student_taps"), distill.get("teacher_taps"), memo,
+                             session.task.teacher_forward)
     stage = method.stage(teacher)
     if stage is not None:
         method.load_stage(ensure_stage(stage, distill["teacher"], session))
@@ -170,9 +183,7 @@ def _row(spec: RunSpec, session: Session, model: torch.nn.Module, metrics: dict[
 
 def ensure_teacher(spec: RunSpec, session: Session) -> tuple[torch.nn.Module, dict[str, Any]]:
     """The teacher model and its ledger row: user weights, else the cache, else train and cache."""
-    model = build_segmentor(spec.row.model, num_classes=NUM_CLASSES,
-                            output_stride=session.preset.model.output_stride,
-                            aspp_rates=session.preset.model.aspp_rates)
+    model = session.task.build_model(spec.row.model, session.preset)
     if session.teacher_ckpt is not None:
         return model, _user_teacher(model, spec, session)
     entry = cache_entry(session.cache_dir, "teachers", spec.row.model, spec.key)

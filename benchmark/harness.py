@@ -7,18 +7,17 @@ from pathlib import Path
 
 import torch
 
-from benchmark.config import Preset
-from benchmark.data.cityscapes import CityscapesSegmentation, TrainAugment, data_fingerprint, find_pairs
-from benchmark.data.synthetic import SyntheticSpec, ensure_synthetic_cityscapes
+from benchmark.config import Preset, for_task
+from benchmark.data.prepare import data_root, open_splits
 from benchmark.engine import dist
 from benchmark.engine.cache import cache_entry
 from benchmark.engine.pretrain import backbone_source
 from benchmark.errors import UserError
 from benchmark.experiment import Session, ensure_teacher, run_student
 from benchmark.ledger import Ledger
-from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m, measure_gflops
+from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m, detectors, measure_gflops
 from benchmark.plan import BASELINE, RunSpec, TableSpec, load_table_spec, plan_runs
-from benchmark.tasks import SegmentationTask
+from tables.detection_table import build_detection_table, detection_caption
 from tables.method_table import build_method_table
 from tables.paper import PAPER_TABLES
 from tables.plot import plot_method_table
@@ -29,37 +28,16 @@ from tables.render import write_table
 GFLOPS_PER_S = {"cpu": 45.0 * max(1, torch.get_num_threads()), "cuda": 6000.0}
 
 
-def _data_root(args: argparse.Namespace, preset: Preset) -> tuple[Path, str]:
-    if args.data_root is not None:
-        root = args.data_root.expanduser().resolve()
-        for split in ("train", "val"):
-            find_pairs(root, split)
-        return root, data_fingerprint(root)
-    d = preset.data
-    spec = SyntheticSpec(height=d.height, width=d.width, n_train=d.n_train, n_val=d.n_val, seed=d.seed)
-    if args.dry_run:  # a plan needs the data's name (the manifest's), not the data
-        return args.cache_dir / "data" / spec.name, spec.name
-    if dist.is_main():
-        ensure_synthetic_cityscapes(spec, args.cache_dir)
-    dist.barrier()
-    root = args.cache_dir / "data" / spec.name
-    return root, data_fingerprint(root)
-
-
-def _datasets(root: Path, preset: Preset) -> tuple[CityscapesSegmentation, CityscapesSegmentation]:
-    d = preset.data
-    size = (d.height, d.width)
-    augment = TrainAugment(flip=d.flip, scale_range=d.scale_range, crop=d.crop)
-    return (CityscapesSegmentation(root, "train", size=size, augment=augment),
-            CityscapesSegmentation(root, "val", size=size))
-
-
 def _step_gflops(model: str, preset: Preset, batch: int) -> float:
     """Forward+backward GFLOPs of one training step (3× the forward)."""
     arch = preset.model
     height, width = preset.data.crop or (preset.data.height, preset.data.width)
-    forward = measure_gflops(model, height, width, unit="flop",
-                             output_stride=arch.output_stride, aspp_rates=arch.aspp_rates)
+    if model in detectors.DETECTORS:
+        kwargs = arch.detector.get(detectors.DETECTORS[model]["family"], {})
+        forward = detectors.detector_complexity(model, height, width, unit="flop", **kwargs).gflops
+    else:
+        forward = measure_gflops(model, height, width, unit="flop",
+                                 output_stride=arch.output_stride, aspp_rates=arch.aspp_rates)
     return 3 * forward * batch
 
 
@@ -103,8 +81,9 @@ def print_plan(teacher: RunSpec, runs: list[RunSpec], session_like: dict, preset
 
 
 def _caption(spec: TableSpec, preset: Preset, data_id: str, seeds: list[int], sources: dict[str, str]) -> str:
+    """`sources`: backbone name → the weights it starts from."""
     t, s = preset.teacher, preset.student
-    pretrained = "; ".join(sorted({f"{BACKBONE_OF[m]}: {src}" for m, src in sources.items()}))
+    pretrained = "; ".join(sorted(f"{b}: {src}" for b, src in sources.items()))
     return (
         f"Preset '{preset.name}' ({preset.description}); data {data_id}; "
         f"{preset.data.height}x{preset.data.width} images, output stride {preset.model.output_stride}, "
@@ -141,6 +120,24 @@ def render(spec: TableSpec, ledger: Ledger, cells: dict[str, tuple[str, str]], c
     return f"{md_path.read_text()}\nwritten: {md_path}, {tex_path}, {png} and {pdf}"
 
 
+def _backbones(task: str) -> tuple[dict[str, str], str]:
+    """Model name → backbone name, and the ResNet stem, of a task's models."""
+    return (BACKBONE_OF, "deep") if task == "seg" else (detectors.BACKBONE_OF, "torchvision")
+
+
+def render_detection(spec: TableSpec, ledger: Ledger, cells: dict[str, tuple[str, str]], caption: str,
+                     out: Path) -> str:
+    """Write a detection table (one block per detector, six AP columns) from the planned runs' ledger rows."""
+    frame = ledger.frame()
+    if len(frame):
+        frame = frame[frame["key"].isin(list(cells))].copy()
+        frame["row"] = [cells[k][0] for k in frame["key"]]
+        frame["method"] = [cells[k][1] for k in frame["key"]]
+    table = build_detection_table(frame, spec.raw(), caption, PAPER_TABLES[spec.table]())
+    md_path, tex_path = write_table(table, out / "tables", f"table{spec.table}")
+    return f"{md_path.read_text()}\nwritten: {md_path}, {tex_path}"
+
+
 def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device: torch.device,
               user_weights: dict[str, Path]) -> int:
     dist.init_from_env(device)
@@ -149,31 +146,42 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
     spec = load_table_spec(args.table, args.config)
     if spec.table not in PAPER_TABLES:
         raise UserError(f"table {spec.table} has no renderer yet; available: {', '.join(PAPER_TABLES)}.")
+    preset = for_task(preset, spec.task)
     ledger = Ledger(args.out / "ledger.csv")
     ledger.frame()  # a corrupt ledger stops us here, before any training
-    root, data_id = _data_root(args, preset)
-    sources = {m: backbone_source(b, preset, user_weights) for m, b in BACKBONE_OF.items()}
-    teacher, runs = plan_runs(spec, preset, args.seeds, data_id, sources, args.rows, args.methods)
+    root, data_id = data_root(spec.task, args.data_root, args.cache_dir, preset, args.dry_run)
+    backbone_of, stem = _backbones(spec.task)
+    sources = {m: backbone_source(b, preset, user_weights, stem) for m, b in backbone_of.items()}
+    blocks = spec.blocks or (spec,)
+    plans = [plan_runs(block, preset, args.seeds, data_id, sources, args.rows, args.methods) for block in blocks]
     if args.dry_run:
-        print_plan(teacher, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
-                                   "teacher_ckpt": args.teacher_ckpt, "force": args.force}, preset, device)
+        for teacher, runs in plans:
+            print_plan(teacher, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
+                                       "teacher_ckpt": args.teacher_ckpt, "force": args.force}, preset, device)
         return 0
-    train_set, val_set = _datasets(root, preset)
-    session = Session(preset, preset_key, device, args.out, args.cache_dir, data_id, SegmentationTask(), train_set,
+    task, train_set, val_set = open_splits(spec.task, root, preset)
+    session = Session(preset, preset_key, device, args.out, args.cache_dir, data_id, task, train_set,
                       val_set, user_weights, args.teacher_ckpt, args.resume, args.force, ledger)
-    teacher_model, teacher_row = ensure_teacher(teacher, session)
-    if dist.is_main() and not ledger.has(teacher_row["key"]):
-        ledger.append(teacher_row)
-    for run in runs:
-        row = run_student(run, session, teacher_model)
-        if row is not None and dist.is_main():
-            ledger.append(row)
-            print(f"{run.name}: mIoU {row['miou']:.2f} ({row['train_s'] / 60:.1f} min)")
+    headline = task.metrics[0]
+    cells: dict[str, tuple[str, str]] = {}
+    for block, (teacher, runs) in zip(blocks, plans, strict=True):
+        teacher_model, teacher_row = ensure_teacher(teacher, session)
+        if dist.is_main() and not ledger.has(teacher_row["key"]):
+            ledger.append(teacher_row)
+        for run in runs:
+            row = run_student(run, session, teacher_model)
+            if row is not None and dist.is_main():
+                ledger.append(row)
+                print(f"{run.name}: {headline} {row[headline]:.2f} ({row['train_s'] / 60:.1f} min)")
+        _, every_run = plan_runs(block, preset, args.seeds, data_id, sources)  # show every cell the ledger has
+        cells |= {teacher_row["key"]: (block.teacher.id, BASELINE)} | {r.key: (r.row.id, r.method) for r in every_run}
     if dist.is_main():
-        models = {r.model for r in (spec.teacher, *spec.students)}
-        caption = _caption(spec, preset, data_id, args.seeds, {m: sources[m] for m in models})
-        _, every_run = plan_runs(spec, preset, args.seeds, data_id, sources)  # show every cell the ledger has
-        cells = {teacher_row["key"]: (spec.teacher.id, BASELINE)} | {r.key: (r.row.id, r.method) for r in every_run}
-        print(render(spec, ledger, cells, caption, args.out))
+        models = {r.model for b in blocks for r in (b.teacher, *b.students)}
+        used = {backbone_of[m]: sources[m] for m in models}
+        if spec.task == "seg":
+            print(render(spec, ledger, cells, _caption(spec, preset, data_id, args.seeds, used), args.out))
+        else:
+            caption = detection_caption(preset, data_id, args.seeds, used)
+            print(render_detection(spec, ledger, cells, caption, args.out))
     dist.barrier()
     return 0

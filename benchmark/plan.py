@@ -26,7 +26,7 @@ from methods import registry
 BASELINE = "baseline"
 DEFAULT_LABELS = {
     "baseline": "Baseline", "kd": "KD", "fitnet": "FitNet", "skd": "SKD", "ifvd": "IFVD", "cwd": "CWD",
-    "cirkd": "CIRKD", "maskd": "MasKD",
+    "cirkd": "CIRKD", "maskd": "MasKD", "mimic": "FitNet", "fgd": "FGD", "mgd": "MGD", "maskd_det": "MasKD",
 }
 
 
@@ -39,6 +39,9 @@ class MethodSpec:
     method: str
     label: str
     options: dict[str, Any] = field(default_factory=dict)
+    # Detection "†" rows: the student's neck and heads start from the teacher's weights (kd_reference §0).
+    inherit: bool = False
+    paper: str | None = None  # the paper's row/column name of this method (detection tables)
 
     @staticmethod
     def parse(entry: str | dict[str, Any]) -> MethodSpec:
@@ -74,6 +77,11 @@ class TableSpec:
     diagnostics: tuple[RowSpec, ...] = ()
     task: str = "seg"
     flops_note: str | None = None
+    # Detection tables: one block per detector (own teacher and students), rendered one under another.
+    blocks: tuple[TableSpec, ...] = ()
+    group: str | None = None  # a block's heading (the paper's group name)
+    id: str | None = None  # a block's id
+    not_implemented: tuple[str, ...] = ()  # paper rows of methods the suite lacks, shown as such
 
     def raw(self) -> dict[str, Any]:
         """Plain-dict form for the table renderer."""
@@ -112,21 +120,30 @@ def load_table_spec(table: str | None, config_file: Path | None) -> TableSpec:
         if table not in tables:
             close = difflib.get_close_matches(str(table), tables, n=1)
             hint = f" Did you mean '{close[0]}'?" if close else ""
-            raise UserError(f"unknown table '{table}'.{hint} Available tables: {', '.join(tables)} "
-                            "(more arrive with the detection issues).")
+            raise UserError(f"unknown table '{table}'.{hint} Available tables: {', '.join(tables)}.")
         config_file = CONFIG_DIR / "tables" / f"table{table}.yaml"
         if not config_file.is_file():
             config_file = CONFIG_DIR / "tables" / f"{table}.yaml"
     data = read_yaml(config_file)
     data["table"] = str(data.get("table", table))
     try:
-        data["teacher"] = from_dict(RowSpec, data.get("teacher", {}), "teacher.")
-        data["students"] = tuple(from_dict(RowSpec, r, "students[].") for r in data.get("students", []))
-        data["diagnostics"] = tuple(from_dict(RowSpec, r, "diagnostics[].") for r in data.get("diagnostics", []))
-        data["methods"] = tuple(MethodSpec.parse(m) for m in data.get("methods", (BASELINE,)))
-        return from_dict(TableSpec, data)
+        if "blocks" in data:
+            shared = {k: v for k, v in data.items() if k in ("table", "title", "task", "methods", "flops_note")}
+            data["blocks"] = tuple(_parse_spec({**shared, **block}) for block in data["blocks"])
+            data["teacher"] = data["blocks"][0].teacher
+        return _parse_spec(data)
     except TypeError as err:
         raise UserError(f"table spec {config_file} is incomplete: {err}") from err
+
+
+def _parse_spec(data: dict[str, Any]) -> TableSpec:
+    data = dict(data)
+    data["teacher"] = data["teacher"] if isinstance(data.get("teacher"), RowSpec) else from_dict(
+        RowSpec, data.get("teacher", {}), "teacher.")
+    data["students"] = tuple(from_dict(RowSpec, r, "students[].") for r in data.get("students", []))
+    data["diagnostics"] = tuple(from_dict(RowSpec, r, "diagnostics[].") for r in data.get("diagnostics", []))
+    data["methods"] = tuple(MethodSpec.parse(m) for m in data.get("methods", (BASELINE,)))
+    return from_dict(TableSpec, data)
 
 
 def row_schedule(row: RowSpec, preset: Preset, default: str) -> ScheduleConfig:
@@ -147,14 +164,14 @@ def method_options(ms: MethodSpec, preset: Preset) -> dict[str, Any]:
 
 def resolved_config(row: RowSpec, role: str, method: str, schedule: ScheduleConfig, preset: Preset,
                     data_id: str, backbone_source: str | None,
-                    distill: dict[str, Any] | None = None) -> dict[str, Any]:
+                    distill: dict[str, Any] | None = None, task: str = "seg") -> dict[str, Any]:
     """Everything that decides a run's result (hashed into its key; saved as config.yaml).
 
     `distill` (methods other than the baseline): the method name and options, the teacher's key and,
     for methods with a pre-training stage, the stage schedule.
     """
     config = {
-        "task": "seg", "role": role, "model": row.model, "method": method,
+        "task": task, "role": role, "model": row.model, "method": method,
         "pretrained": backbone_source if row.pretrained else None,
         "schedule": to_dict(schedule), "data": {"id": data_id, **to_dict(preset.data)},
         "arch": to_dict(preset.model), "amp": preset.amp,
@@ -198,7 +215,10 @@ def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str, s
             if registry.method_class(ms.method).has_stage():
                 distill["stage_schedule"] = to_dict(preset.tokens)
         # The key hashes the method and its options, not the column id: tables share runs.
-        config = resolved_config(row, role, ms.method, schedule, preset, data_id, sources.get(row.model), distill)
+        config = resolved_config(row, role, ms.method, schedule, preset, data_id, sources.get(row.model), distill,
+                                 spec.task)
+        if ms.inherit:
+            config["inherit"] = "neck and heads from the teacher"
         return RunSpec(spec.table, row, role, ms.id, seed, schedule, config, experiment_key(config, seed),
                        ms.method, options)
 

@@ -23,10 +23,14 @@ from torch import nn
 
 @dataclass(frozen=True)
 class Batch:
-    """What a method may see of the current batch."""
+    """What a method may see of the current batch.
 
-    images: torch.Tensor
-    labels: torch.Tensor
+    Segmentation: `images` N×3×H×W, `labels` N×H×W train ids. Detection: `images` a list of 3×H×W tensors in
+    [0, 1] and `labels` a list of target dicts (`boxes` xyxy in image pixels, `labels` 1..K, `image_id`).
+    """
+
+    images: Any
+    labels: Any
 
 
 class Distiller(nn.Module, ABC):

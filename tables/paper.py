@@ -61,4 +61,14 @@ def tokens_paper() -> dict:
     return {**t3, "students": students}
 
 
-PAPER_TABLES = {"3": table3_paper, "5": table5_paper, "tokens": tokens_paper}
+def table1_paper() -> dict:
+    """Table 1 (COCO val, six AP columns) as {"title", "source", "columns", "groups": {group: {row name:
+    [AP, AP50, AP75, APs, APm, APl] (None = not reported)}}}; row names as printed ("T: Faster RCNN-R101",
+    "Fitnet", "MasKD†", ...)."""
+    numbers = load_paper_numbers()
+    t1 = numbers["table1"]
+    groups = {b["group"]: {r["method"]: r["AP"] for r in b["rows"]} for b in t1["blocks"]}
+    return {"title": t1["title"], "source": numbers["source"], "columns": t1["columns"], "groups": groups}
+
+
+PAPER_TABLES = {"1": table1_paper, "3": table3_paper, "5": table5_paper, "tokens": tokens_paper}

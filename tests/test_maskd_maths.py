@@ -109,7 +109,12 @@ def test_masked_loss_empty_mask() -> None:
     masks[:, 1] = 0.0
     loss = masked_feature_loss(STUDENT, TEACHER, masks, eps=1e-5)  # segmentation: empty mask contributes 0
     assert loss.item() == pytest.approx((1.75 + 0.0 + 1 / 3 + 0.0) / 4, rel=1e-5)
-    assert torch.isnan(masked_feature_loss(STUDENT, TEACHER, masks))  # detection code has no eps: 0/0
+    # Detection (no eps): the official code's 0/0 = NaN becomes 0, with a finite gradient; others unchanged.
+    student = STUDENT.clone().requires_grad_(True)
+    loss = masked_feature_loss(student, TEACHER, masks)
+    assert loss.item() == pytest.approx((1.75 + 0.0 + 1 / 3 + 0.0) / 4, rel=1e-6)
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
 
 
 def _random_case(weighted: bool) -> tuple[torch.Tensor, ...]:

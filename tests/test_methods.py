@@ -22,7 +22,9 @@ from methods.maskd.method import label_masks
 from methods.taps import TapRecorder, resolve_taps
 from tests.conftest import CLASSES4, RandomSegData, TinySegmenter
 
-ALL = ["cirkd", "cwd", "fitnet", "ifvd", "kd", "maskd", "skd"]
+SEGMENTATION = ["cirkd", "cwd", "fitnet", "ifvd", "kd", "maskd", "skd"]
+DETECTION = ["fgd", "maskd_det", "mgd", "mimic"]  # tested in test_detection_methods.py, test_maskd_detection.py
+ALL = sorted(SEGMENTATION + DETECTION)
 
 
 def _pair(classes: int = 4) -> tuple[TinySegmenter, TinySegmenter]:
@@ -138,7 +140,7 @@ def test_optional_taps_are_used_only_when_both_networks_publish_them() -> None:
     assert set(extra(images, torch.zeros(2, 16, 16, dtype=torch.long), outputs)) == {"loss_maskd"}
 
 
-@pytest.mark.parametrize("name", ALL)
+@pytest.mark.parametrize("name", SEGMENTATION)
 def test_every_method_trains_the_student_and_only_what_it_should(name: str) -> None:
     student, teacher = _pair()
     method = _method(name)

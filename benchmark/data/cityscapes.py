@@ -43,7 +43,8 @@ def train_id_to_label_id_lut() -> np.ndarray:
     return lut
 
 
-def _listing(path: Path) -> str:
+def listing(path: Path) -> str:
+    """One line naming what a directory holds (for layout errors)."""
     if not path.is_dir():
         return f"{path} does not exist"
     names = sorted(p.name + "/" * p.is_dir() for p in path.iterdir())
@@ -60,15 +61,15 @@ def find_pairs(root: Path, split: str) -> list[tuple[Path, Path]]:
            "leftImg8bit_trainvaltest.zip and gtFine_trainvaltest.zip there), or omit it to use the embedded data.")
     for folder in (images, labels_dir):
         if not folder.is_dir():
-            raise UserError(f"Cityscapes '{split}' split not found: {expected}; but {_listing(folder.parent)}. {fix}")
+            raise UserError(f"Cityscapes '{split}' split not found: {expected}; but {listing(folder.parent)}. {fix}")
     found = sorted(images.glob("*/*_leftImg8bit.png"))
     if not found:
-        raise UserError(f"Cityscapes '{split}' split is empty: {expected}; but {_listing(images)}. {fix}")
+        raise UserError(f"Cityscapes '{split}' split is empty: {expected}; but {listing(images)}. {fix}")
     pairs = []
     for image in found:
         label = labels_dir / image.parent.name / image.name.replace("_leftImg8bit.png", "_gtFine_labelIds.png")
         if not label.is_file():
-            raise UserError(f"Image {image} has no label file: expected {label}; but {_listing(label.parent)}. {fix}")
+            raise UserError(f"Image {image} has no label file: expected {label}; but {listing(label.parent)}. {fix}")
         pairs.append((image, label))
     return pairs
 

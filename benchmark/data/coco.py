@@ -9,6 +9,7 @@ detectors want.
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import json
 from pathlib import Path
@@ -19,7 +20,7 @@ from PIL import Image
 from pycocotools.coco import COCO
 from torch.utils.data import Dataset
 
-from benchmark.data.cityscapes import _listing
+from benchmark.data.cityscapes import listing
 from benchmark.errors import UserError
 
 _FIX = ("Fix: point --data-root at the directory that holds train2017/, val2017/ and annotations/ (unpack "
@@ -35,7 +36,7 @@ def coco_paths(root: Path, split: str) -> tuple[Path, Path]:
     images, annotations = root / f"{split}2017", root / "annotations" / f"instances_{split}2017.json"
     if not (images.is_dir() and annotations.is_file()):
         raise UserError(f"COCO '{split}' split not found: expected {images}/*.jpg and {annotations}; but "
-                        f"{_listing(root)}. {_FIX}")
+                        f"{listing(root)}. {_FIX}")
     return images, annotations
 
 
@@ -138,3 +139,15 @@ def collate(batch: list[tuple[torch.Tensor, dict]]) -> tuple[list[torch.Tensor],
     """A batch as torchvision detectors take it: a list of images and a list of targets."""
     images, targets = zip(*batch, strict=True)
     return list(images), list(targets)
+
+
+def coco_fingerprint(root: Path) -> str:
+    """The generator's spec name if root holds its manifest.json, else a short sha1 of the annotation files'
+    names and sizes (cheap: nothing is parsed)."""
+    manifest = Path(root) / "manifest.json"
+    if manifest.is_file():
+        return json.loads(manifest.read_text())["name"]
+    digest = hashlib.sha1()
+    for path in sorted(Path(root).glob("annotations/instances_*2017.json")):
+        digest.update(f"{path.name}\t{path.stat().st_size}\n".encode())
+    return digest.hexdigest()[:12]

@@ -51,3 +51,12 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
         module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
         return nn.parallel.DistributedDataParallel(module, device_ids=[device.index])
     return nn.parallel.DistributedDataParallel(module)
+
+
+def gather_objects(items: list) -> list:
+    """Concatenate a picklable list from every rank, in rank order (itself for one process)."""
+    if not dist.is_initialized():
+        return items
+    parts: list[list | None] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, items)
+    return [item for part in parts for item in (part or [])]

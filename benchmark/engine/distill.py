@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -42,8 +44,12 @@ class DistillationLoss(ExtraLoss, HoldsTeacher):
     def __init__(self, method: Distiller, student: nn.Module, teacher: nn.Module, image_size: tuple[int, int],
                  student_overrides: dict[str, str] | None = None,
                  teacher_overrides: dict[str, str] | None = None,
-                 teacher_cache: tuple[Path, str] | None = None) -> None:
+                 teacher_cache: tuple[Path, str] | None = None,
+                 teacher_forward: Callable[[nn.Module, Any], Any] | None = None) -> None:
         super().__init__(teacher)
+        # How the teacher runs on a batch: the whole model by default; a detector only needs its backbone
+        # and neck (`benchmark.models.detectors.detector_features`), not proposals and NMS.
+        self.teacher_forward = teacher_forward or (lambda model, images: model(images))
         optional = [name for name in method.optional_taps
                     if all(name in {**getattr(model, "tap_points", {}), **(overrides or {})}
                            for model, overrides in ((student, student_overrides), (teacher, teacher_overrides)))]
@@ -61,15 +67,14 @@ class DistillationLoss(ExtraLoss, HoldsTeacher):
             taps = hashlib.sha1(json.dumps(sorted(teacher_paths.items())).encode()).hexdigest()[:10]
             self.teacher_cache = TeacherOutputCache(directory / f"{teacher_key}-{taps}.pt", list(teacher_paths))
 
-    def _run_teacher(self, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    def _run_teacher(self, images: Any) -> dict[str, torch.Tensor]:
         with torch.no_grad():
-            self.teacher(images)
+            self.teacher_forward(self.teacher, images)
         outputs = self._teacher_taps.collect(self._teacher_names)
         self._teacher_taps.clear()
         return outputs
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor,
-                outputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def forward(self, images: Any, labels: Any, outputs: Any) -> dict[str, torch.Tensor]:
         if self.teacher_cache is not None:
             teacher = self.teacher_cache(images, self._run_teacher)
         else:

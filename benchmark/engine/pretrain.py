@@ -38,34 +38,37 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def pretrain_key(backbone: str, preset: Preset) -> str:
-    blob = repr((backbone, to_dict(preset.pretrain), preset.data.height, preset.data.width, GENERATOR_VERSION))
+def pretrain_key(backbone: str, preset: Preset, stem: str = "deep") -> str:
+    """Cache key of a stand-in; the stem enters it only when it is not the segmentation models' deep stem."""
+    parts = (backbone, to_dict(preset.pretrain), preset.data.height, preset.data.width, GENERATOR_VERSION)
+    blob = repr(parts if stem == "deep" else (*parts, stem))
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def backbone_source(backbone: str, preset: Preset, user_weights: dict[str, Path]) -> str:
+def backbone_source(backbone: str, preset: Preset, user_weights: dict[str, Path], stem: str = "deep") -> str:
     """A short string naming the pretrained weights a run starts from (part of its key)."""
     if backbone in user_weights:
         return f"user:{user_weights[backbone].name}:{file_digest(user_weights[backbone])}"
-    return f"embedded-pretrain:{pretrain_key(backbone, preset)}"
+    return f"embedded-pretrain:{pretrain_key(backbone, preset, stem)}"
 
 
 def pretrained_backbone_state(backbone: str, preset: Preset, cache_dir: Path, device: torch.device,
-                              user_weights: dict[str, Path]) -> Path | dict[str, torch.Tensor]:
+                              user_weights: dict[str, Path], stem: str = "deep") -> Path | dict[str, torch.Tensor]:
     """User weights file if given, else the cached (or freshly trained) stand-in state dict."""
     if backbone in user_weights:
         return user_weights[backbone]
-    entry = cache_entry(cache_dir, "pretrained", backbone, pretrain_key(backbone, preset))
+    entry = cache_entry(cache_dir, "pretrained", backbone, pretrain_key(backbone, preset, stem))
     if not entry.exists() and dist.is_main():
         t0 = time.perf_counter()
-        state, metrics = train_standin(backbone, preset, device)
+        state, metrics = train_standin(backbone, preset, device, stem)
         entry.store(state, {"backbone": backbone, "pretrain": to_dict(preset.pretrain),
                             "wall_s": round(time.perf_counter() - t0, 1), **metrics})
     dist.barrier()
     return entry.state_dict()
 
 
-def train_standin(backbone_name: str, preset: Preset, device: torch.device) -> tuple[dict, dict]:
+def train_standin(backbone_name: str, preset: Preset, device: torch.device,
+                  stem: str = "deep") -> tuple[dict, dict]:
     """Multi-label patch classification; returns the backbone state dict and held-out metrics."""
     cfg: PretrainConfig = preset.pretrain
     patches, targets = make_patch_classification_set(cfg.n_scenes, preset.data.height, preset.data.width,
@@ -74,7 +77,7 @@ def train_standin(backbone_name: str, preset: Preset, device: torch.device) -> t
     labels = torch.from_numpy(targets)
     n_val = max(1, len(images) // 10)
     train_x, train_y, val_x, val_y = images[n_val:], labels[n_val:], images[:n_val], labels[:n_val]
-    backbone = build_backbone(backbone_name, output_stride=32)
+    backbone = build_backbone(backbone_name, output_stride=32, stem=stem)
     model = nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(backbone.out_channels, NUM_LABELS)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)

@@ -1,4 +1,5 @@
-"""The training loop: poly SGD, AMP + channels_last on CUDA, atomic checkpoints, exact resume, NaN guard.
+"""The training loop: poly SGD (optional warm-up and gradient clipping), AMP + channels_last on CUDA, atomic
+checkpoints, exact resume, NaN guard.
 
 Knows nothing about distillation: it trains a `TrainUnit` (student + loss modules) whose forward
 returns named loss terms, sums them, logs each one and evaluates the student at the end.
@@ -42,9 +43,12 @@ class TrainResult:
 
 
 def poly_factor(step: int, schedule: ScheduleConfig) -> float:
-    """lr(step)/lr0 for lr = floor + (lr0 - floor)(1 - step/max)^power (the official MasKD floor)."""
+    """lr(step)/lr0 for lr = floor + (lr0 - floor)(1 - step/max)^power (the official MasKD floor), times a
+    linear warm-up from `warmup_ratio` to 1 over the first `warmup_steps` steps (mmdet's 'linear' warm-up)."""
     lr0, floor = schedule.lr, min(schedule.lr_floor, schedule.lr)
     lr = floor + (lr0 - floor) * (1 - step / schedule.steps) ** schedule.poly_power
+    if step < schedule.warmup_steps:
+        lr *= schedule.warmup_ratio + (1 - schedule.warmup_ratio) * step / schedule.warmup_steps
     return lr / lr0
 
 
@@ -153,6 +157,9 @@ class Trainer:
             total = sum(losses.values())
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(total).backward()
+            if self.schedule.clip_grad_norm is not None:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.unit.parameters(), self.schedule.clip_grad_norm)
             self.scaler.step(self.optimizer)
             self.scaler.update()
             self.scheduler.step()

@@ -5,6 +5,7 @@ move them to the device, run the student's loss and evaluate it.
 """
 
 from benchmark.tasks.base import Task
+from benchmark.tasks.detection import DetectionLoss, DetectionTask
 from benchmark.tasks.segmentation import SegmentationTask
 
-__all__ = ["SegmentationTask", "Task"]
+__all__ = ["DetectionLoss", "DetectionTask", "SegmentationTask", "Task"]

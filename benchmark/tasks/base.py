@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
+from benchmark.config import Preset
 from benchmark.engine import dist
 
 
@@ -27,6 +29,23 @@ class Task(ABC):
 
     name: ClassVar[str] = ""
     metrics: ClassVar[tuple[str, ...]] = ()
+    stem: ClassVar[str] = "deep"  # ResNet stem of the task's models (their stand-in pretraining differs)
+
+    @abstractmethod
+    def build_model(self, name: str, preset: Preset) -> nn.Module:
+        """A registered model of this task, randomly initialised, at the preset's architecture knobs."""
+
+    @abstractmethod
+    def backbone_of(self, name: str) -> str:
+        """The classification backbone of model `name` (what `--backbone-weights` and the stand-in name)."""
+
+    @abstractmethod
+    def load_backbone(self, model: nn.Module, source: Path | dict[str, torch.Tensor]) -> None:
+        """Load pretrained backbone weights (a user file or a stand-in state dict) into `model`."""
+
+    def teacher_forward(self, model: nn.Module, inputs: Any) -> Any:
+        """How a frozen teacher runs on a batch for distillation (default: the whole model)."""
+        return model(inputs)
 
     def collate(self, samples: list[Any]) -> tuple[Any, Any]:
         """A batch (inputs, targets) from a list of dataset samples."""

@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import torch
 from torch import nn
 from torch.utils.data import Dataset
 
+from benchmark.config import Preset
 from benchmark.data.cityscapes import CITYSCAPES_CLASSES
 from benchmark.engine.evaluate import evaluate
+from benchmark.engine.pretrain import load_into
+from benchmark.models import BACKBONE_OF, build_segmentor
 from benchmark.tasks.base import Task, val_batches
 
 
@@ -25,6 +29,17 @@ class SegmentationTask(Task):
 
     def __init__(self, class_names: Sequence[str] = CITYSCAPES_CLASSES) -> None:
         self.class_names = tuple(class_names)
+
+    def build_model(self, name: str, preset: Preset) -> nn.Module:
+        arch = preset.model
+        return build_segmentor(name, num_classes=len(self.class_names), output_stride=arch.output_stride,
+                               aspp_rates=arch.aspp_rates)
+
+    def backbone_of(self, name: str) -> str:
+        return BACKBONE_OF[name]
+
+    def load_backbone(self, model: nn.Module, source: Path | dict[str, torch.Tensor]) -> None:
+        load_into(model, source)
 
     def evaluate(self, model: nn.Module, val_set: Dataset, batch_size: int, device: torch.device,
                  amp: bool = False, channels_last: bool = False) -> dict[str, Any]:

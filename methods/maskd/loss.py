@@ -57,8 +57,9 @@ def masked_feature_loss(student: Tensor, teacher: Tensor, masks: Tensor, weights
 
     so the numerator has M² and the denominator ΣM. ``weights=None`` gives the mean over tokens and images
     (paper eq. 2; official: mean over N, T, C); ``weights`` N×T gives mean_n Σ_k w_{n,k} L_{n,k} (eqs. 8/9;
-    official ``weight_mask=True``). ``eps``: the official segmentation loss uses 1e-5 (empty masks then add 0);
-    the detection loss has none (0, the default), where an all-zero mask gives NaN as in the official code.
+    official ``weight_mask=True``). ``eps``: the official segmentation loss uses 1e-5; the detection loss has
+    none (0, the default). An all-zero mask (its numerator is then 0 too) adds 0 instead of the official code's
+    NaN: the denominator is clamped at the smallest normal float, which changes no other value.
 
     ``student`` is φ(F^s) and ``teacher`` F^t, both N×C×H×W; ``masks`` N×T×H×W (M^t, or M^r for customised masks,
     eq. 9) is used as given, so the caller detaches it. The teacher is detached here. Neither the per-token masked
@@ -69,7 +70,8 @@ def masked_feature_loss(student: Tensor, teacher: Tensor, masks: Tensor, weights
     _check_shapes(student, teacher, masks, weights)
     sq_diff = _ChannelMeanSqDiff.apply(student, teacher.detach())  # N×H×W: D(p)
     numerator = torch.einsum("nthw,nhw->nt", masks.square(), sq_diff)
-    per_token = numerator / (masks.sum((2, 3)) + eps)  # N×T: L_{n,k}
+    denominator = (masks.sum((2, 3)) + eps).clamp_min(torch.finfo(numerator.dtype).tiny)
+    per_token = numerator / denominator  # N×T: L_{n,k}
     if weights is None:
         return per_token.mean()
     return (per_token * weights).sum(1).mean()

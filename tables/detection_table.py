@@ -1,0 +1,82 @@
+"""Detection tables (Table 1 layout): one block per detector, a row per network or method, six AP columns.
+
+A spec (`configs/tables/table1.yaml`) has `blocks`, each with a `group` (the paper's group name), a teacher,
+one student and `methods` (ids, labels, `paper` row names); `not_implemented` names paper rows of methods
+the suite lacks (shown with the paper's numbers and "not implemented", never dropped).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import pandas as pd
+
+from benchmark.config import Preset
+from benchmark.engine.coco_eval import METRICS
+from tables.aggregate import format_stat, summarize
+from tables.render import TableData
+
+
+def _paper_cells(values: Sequence[float | None] | None) -> list[str]:
+    if values is None:
+        return ["" for _ in METRICS]
+    return ["(paper -)" if v is None else f"(paper {v:.1f})" for v in values]
+
+
+def _measured_cells(runs: pd.DataFrame, row_id: str, method: str, paper: Sequence[float | None] | None,
+                    missing: str) -> list[str]:
+    sel = runs[(runs["row"] == row_id) & (runs["method"] == method)] if len(runs) else runs
+    cells = []
+    for i, metric in enumerate(METRICS):
+        stat = None if sel.empty or metric not in sel else summarize(pd.to_numeric(sel[metric]).dropna().tolist())
+        ours = missing if stat is None else format_stat(stat, digits=1)
+        ref = _paper_cells(paper)[i]
+        cells.append(f"{ours}\n{ref}" if ref else ours)
+    return cells
+
+
+def build_detection_table(runs: pd.DataFrame, spec: dict, caption: str, paper: dict) -> TableData:
+    """Rows: per block a group line, the teacher ("T:"), the student baseline ("S:"), then one row per method
+    column and per not-implemented paper method. Cells: our AP mean ± std over seeds, the paper's below."""
+    rows: list[list[str]] = []
+    group_rows: list[int] = []
+    for block in spec["blocks"]:
+        ref = paper["groups"].get(block.get("group") or "", {})
+        group_rows.append(len(rows))
+        rows.append([f"{block.get('group') or block['id']}", *([""] * len(METRICS))])
+        teacher, (student,) = block["teacher"], block["students"]
+        rows.append([f"T: {teacher['label']}",
+                     *_measured_cells(runs, teacher["id"], "baseline", ref.get(teacher.get("paper") or ""),
+                                      "not run yet")])
+        for method in block["methods"]:
+            label = f"S: {student['label']}" if method["method"] == "baseline" else method["label"]
+            name = student.get("paper") if method["method"] == "baseline" else method.get("paper")
+            rows.append([label, *_measured_cells(runs, student["id"], method["id"], ref.get(name or ""),
+                                                 "not run yet")])
+        for name in block.get("not_implemented", ()):
+            rows.append([name, *_measured_cells(pd.DataFrame(), "", "", ref.get(name), "not implemented")])
+    notes = [
+        "Cells: COCO bbox AP (%) of our runs from pycocotools COCOeval, mean ± sample std over seeds (n = runs); "
+        "paper = the paper's COCO val number, for reference only (it never stands in for a missing run).",
+        "† = inheriting strategy: the student's neck and heads start from the teacher's weights.",
+        f"Paper numbers: {paper['source']}",
+    ]
+    return TableData(title=spec["title"], caption=caption, columns=["Detector / method", *METRICS], rows=rows,
+                     notes=notes, label=spec.get("label") or f"tab:table{spec.get('table', '1')}",
+                     group_rows=group_rows)
+
+
+def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: dict[str, str]) -> str:
+    """Preset, data, schedules and pretrained backbones of a detection table (`sources`: backbone → weights)."""
+    t, s, k = preset.teacher, preset.student, preset.tokens
+    pretrained = "; ".join(sorted(f"{b}: {src}" for b, src in sources.items()))
+    clip = f", grad-norm clip {s.clip_grad_norm}" if s.clip_grad_norm else ""
+    return (
+        f"Preset '{preset.name}' ({preset.description}); data {data_id}; {preset.data.height}x{preset.data.width} "
+        f"images, flip {'on' if preset.data.flip else 'off'}. Teacher: {t.steps} steps x batch {t.batch_size}, "
+        f"lr {t.lr}; students: {s.steps} steps x batch {s.batch_size}, lr {s.lr} (SGD, linear warm-up "
+        f"{s.warmup_steps} steps, poly {s.poly_power}{clip}, wd {s.weight_decay}); MasKD token stage: {k.steps} "
+        f"steps x batch {k.batch_size}, lr {k.lr}. Seeds {', '.join(map(str, seeds))}; final checkpoint. "
+        f"Pretrained backbones: {pretrained} ('embedded-pretrain' = our ImageNet stand-in: multi-label patch "
+        "classification on generated street scenes, a different domain from the detection images)."
+    )

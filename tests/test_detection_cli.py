@@ -1,0 +1,121 @@
+"""End-to-end: `benchmark/run.py --table 1 --preset smoke` (detection) and its inheritance and keys."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from benchmark.cli import main
+from benchmark.config import for_task, load_preset
+from benchmark.data.prepare import open_splits
+from benchmark.engine.coco_eval import METRICS, coco_bbox_metrics, detections_to_coco
+from benchmark.experiment import inherit_from_teacher
+from benchmark.export import main as export_main
+from benchmark.models.detectors import build_detector
+from benchmark.plan import load_table_spec
+from benchmark.tasks import DetectionTask
+
+pytestmark = pytest.mark.slow
+METHODS = ["baseline", "mimic", "fgd", "maskd", "maskd_inherit"]
+
+
+@pytest.fixture(scope="module")
+def det_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """One finished smoke run of Table 1 (Faster R-CNN block, every method column)."""
+    cache, out = tmp_path_factory.mktemp("det_cache"), tmp_path_factory.mktemp("det_out")
+    assert main(["--table", "1", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
+                 "--out", str(out)]) == 0
+    return cache, out
+
+
+def test_smoke_table1_end_to_end(det_out: tuple[Path, Path]) -> None:
+    cache, out = det_out
+    ledger = pd.read_csv(out / "ledger.csv")
+    assert sorted(ledger["method"]) == sorted(["baseline", *METHODS])  # the teacher's baseline row + 5 students
+    assert set(ledger[ledger["role"] == "student"]["row"]) == {"faster_r50"}
+    assert all(ledger[m].between(0, 100).all() or ledger[m].isna().any() for m in METRICS)
+    assert (ledger[ledger["role"] == "teacher"]["steps"] == 24).all()
+    table = (out / "tables" / "table1.md").read_text()
+    assert "| Detector / method | AP | AP50 | AP75 | APs | APm | APl |" in table
+    assert "(paper 39.8)" in table and "(paper 38.4)" in table and "(paper 41.0)" in table
+    assert table.count("not implemented") == 12  # GID and FRS rows, six cells each, paper numbers beside
+    assert "not run yet" not in table
+    # Each student's logs hold the detector's own losses and the method's named terms.
+    runs = ledger[ledger["role"] == "student"].set_index("method")
+    logs = {m: (Path(runs.loc[m, "run_dir"]) / "log.csv").read_text().split("\n")[0] for m in METHODS}
+    assert all("loss_classifier" in head and "loss_objectness" in head for head in logs.values())
+    assert "loss_mimic" in logs["mimic"] and "loss_fgd_fg" in logs["fgd"]
+    assert (cache / "stages").is_dir() and any((cache / "stages").iterdir())  # MasKD tokens, cached
+
+
+def test_table1_rebuilds_without_training(det_out: tuple[Path, Path], capsys: pytest.CaptureFixture[str]) -> None:
+    cache, out = det_out
+    before = (out / "ledger.csv").read_text()
+    assert main(["--table", "1", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
+                 "--out", str(out)]) == 0
+    assert (out / "ledger.csv").read_text() == before
+    assert "faster_r50/" not in capsys.readouterr().out.replace("faster_r50/baseline", "")
+
+
+def test_ledger_ap_equals_cocoeval_of_the_saved_student(det_out: tuple[Path, Path]) -> None:
+    """The AP in the ledger is COCOeval's number for that student's checkpoint on the val split."""
+    cache, out = det_out
+    ledger = pd.read_csv(out / "ledger.csv")
+    row = ledger[(ledger["role"] == "student") & (ledger["method"] == "baseline")].iloc[0]
+    preset = for_task(load_preset("smoke"), "det")
+    task, _, val = open_splits("det", cache / "data" / row["data"], preset)
+    model = task.build_model("faster_rcnn_r50", preset)
+    state = torch.load(Path(row["run_dir"]) / "checkpoint.pt", weights_only=True)["model"]
+    model.load_state_dict({k.removeprefix("student."): v for k, v in state.items() if k.startswith("student.")})
+    model.eval()
+    with torch.no_grad():
+        detections = [model([val[i][0]])[0] for i in range(len(val))]
+    ours = coco_bbox_metrics(val.coco, detections_to_coco(val.ids, detections, val.label_to_category))
+    for metric in METRICS:
+        assert (pd.isna(row[metric]) and pd.isna(ours[metric])) or row[metric] == pytest.approx(ours[metric], abs=1e-3)
+
+
+def test_inherit_copies_neck_and_heads_only() -> None:
+    torch.manual_seed(0)
+    teacher = build_detector("faster_rcnn_r101", num_classes=4, min_size=64, max_size=64)
+    student = build_detector("faster_rcnn_r50", num_classes=4, min_size=64, max_size=64)
+    body_before = {k: v.clone() for k, v in student.state_dict().items() if k.startswith("backbone.body.")}
+    inherit_from_teacher(student, teacher)
+    own, theirs = student.state_dict(), teacher.state_dict()
+    necks_heads = [k for k in own if not k.startswith("backbone.body.")]
+    assert necks_heads and all(torch.equal(own[k], theirs[k]) for k in necks_heads)
+    assert all(torch.equal(own[k], v) for k, v in body_before.items())
+
+
+def test_detection_keys_and_task() -> None:
+    spec = load_table_spec("1", None)
+    assert spec.task == "det" and [b.id for b in spec.blocks] == ["faster"]
+    assert [m.id for m in spec.methods] == METHODS and spec.methods[-1].inherit
+    preset = for_task(load_preset("smoke"), "det")
+    assert (preset.data.height, preset.data.width) == (64, 80) and preset.student.clip_grad_norm == 35.0
+    assert not preset.cache_teacher_outputs
+    task = DetectionTask(("a", "b"), (64, 80))
+    model = task.build_model("faster_rcnn_r50", preset)
+    assert model.transform.min_size == (64,) and model.transform.max_size == 80
+    assert model.roi_heads.fg_bg_sampler.batch_size_per_image == 32  # the preset's per-family kwargs
+    # Segmentation presets and keys are untouched by the detection block.
+    assert for_task(load_preset("smoke"), "seg") == load_preset("smoke")
+
+
+def test_export_round_trips_into_the_bare_detector(det_out: tuple[Path, Path], tmp_path: Path) -> None:
+    cache, out = det_out
+    ledger = pd.read_csv(out / "ledger.csv")
+    preset = for_task(load_preset("smoke"), "det")
+    task = open_splits("det", cache / "data" / ledger["data"].iloc[0], preset)[0]
+    for method in ("baseline", "maskd"):  # MasKD's run also holds adapters and frozen tokens
+        run_dir = Path(ledger[(ledger["role"] == "student") & (ledger["method"] == method)]["run_dir"].iloc[0])
+        assert export_main([str(run_dir), "-o", str(tmp_path / f"{method}.pt")]) == 0
+        state = torch.load(tmp_path / f"{method}.pt", weights_only=True)
+        bare = task.build_model("faster_rcnn_r50", preset)
+        bare.load_state_dict(state, strict=True)
+        unit = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
+        assert all(torch.equal(v, unit[f"student.{k}"]) for k, v in state.items())
+    assert export_main([str(tmp_path)]) == 2  # no checkpoint there: one message, exit 2

@@ -28,8 +28,11 @@ def _measured_cells(runs: pd.DataFrame, row_id: str, method: str, paper: Sequenc
     sel = runs[(runs["row"] == row_id) & (runs["method"] == method)] if len(runs) else runs
     cells = []
     for i, metric in enumerate(METRICS):
-        stat = None if sel.empty or metric not in sel else summarize(pd.to_numeric(sel[metric]).dropna().tolist())
-        ours = missing if stat is None else format_stat(stat, digits=1)
+        values = pd.to_numeric(sel[metric]) if not sel.empty and metric in sel else pd.Series(dtype=float)
+        stat = summarize(values.dropna().tolist())
+        # All NaN: COCOeval's -1, the val split has no object of this size range.
+        no_objects = "n/a (no such objects)" if len(values) else missing
+        ours = no_objects if stat is None else format_stat(stat, digits=1)
         ref = _paper_cells(paper)[i]
         cells.append(f"{ours}\n{ref}" if ref else ours)
     return cells

@@ -24,6 +24,7 @@ from benchmark.engine.pretrain import file_digest, pretrained_backbone_state
 from benchmark.engine.task_loss import SegmentationLoss, TrainUnit
 from benchmark.engine.trainer import Trainer, TrainResult
 from benchmark.errors import UserError
+from benchmark.export import student_state
 from benchmark.ledger import Ledger, experiment_key
 from benchmark.models import count_params_m
 from benchmark.plan import BASELINE, RowSpec, RunSpec
@@ -100,6 +101,8 @@ def _train(spec: RunSpec, session: Session, run_dir: Path,
     _fresh_run_dir(run_dir, session, {"key": spec.key, "seed": spec.seed, **spec.config})
     torch.manual_seed(spec.seed)  # initial weights depend on the run's seed only, not on what ran before
     model = build_model(spec.row, session)
+    if spec.init_from is not None:
+        _start_from(model, spec.init_from, session)
     if "inherit" in spec.config:
         assert teacher is not None
         inherit_from_teacher(model, teacher)
@@ -159,7 +162,8 @@ def ensure_stage(stage: Stage, teacher_key: str, session: Session) -> dict[str, 
                 "schedule": to_dict(schedule), **result.metrics,
                 "wall_s": {"train_s": result.train_s, "eval_s": result.eval_s}})
             headline = session.task.metrics[0]
-            print(f"stage {stage.name} ({key}): {headline} of the masked teacher {result.metrics[headline]:.2f} "
+            print(f"stage {stage.name} ({key}): {session.task.headline} of the masked teacher "
+                  f"{result.metrics[headline]:.2f} "
                   f"({result.train_s / 60:.1f} min)")
         dist.barrier()
     return entry.state_dict()
@@ -221,11 +225,27 @@ def _user_teacher(model: torch.nn.Module, spec: RunSpec, session: Session) -> di
     return {**_row(spec, session, model, metrics, timing, path), "key": key}
 
 
+def run_dir_of(spec: RunSpec, session: Session) -> Path:
+    """Where a student run keeps its checkpoint, logs and result."""
+    return session.out / "runs" / spec.row.id / f"{spec.method}-seed{spec.seed}-{spec.key}"
+
+
+def _start_from(model: torch.nn.Module, earlier: RunSpec, session: Session) -> None:
+    """Load the student of an earlier run (an MTPD stage) into `model`: its student-only weights, strictly."""
+    done = session.ledger.get(earlier.key)  # the run may have been made under another column id (shared key)
+    path = (Path(done["run_dir"]) if done else run_dir_of(earlier, session)) / "checkpoint.pt"
+    if not path.is_file():
+        raise UserError(f"{earlier.name} (the previous stage of this chain) has no checkpoint at {path}; run the "
+                        "chain again with the same --out, or --force to retrain every stage.")
+    state = student_state(load_checkpoint(path, ("model",), "previous stage checkpoint"), path)
+    load_state_strict(model, state, path, "previous stage's student")
+
+
 def run_student(spec: RunSpec, session: Session, teacher: torch.nn.Module) -> dict[str, Any] | None:
     """Train one student run unless the ledger already has it; returns its new ledger row."""
     if session.ledger.has(spec.key) and not session.force:
         return None
-    run_dir = session.out / "runs" / spec.row.id / f"{spec.method}-seed{spec.seed}-{spec.key}"
+    run_dir = run_dir_of(spec, session)
     model, result = _train(spec, session, run_dir, teacher)
     row = _row(spec, session, model, result.metrics, {"train_s": result.train_s, "eval_s": result.eval_s}, run_dir)
     if dist.is_main():

@@ -43,7 +43,7 @@ def export_run(run_dir: Path, output: Path | None = None) -> Path:
     """Write the student-only state dict of `run_dir` (a run or a cached teacher) and its sidecar JSON."""
     run_dir = Path(run_dir)
     if (run_dir / "model.pt").is_file():  # a cached teacher or stage: already bare
-        state = load_checkpoint(run_dir / "model.pt", what="cached weights")
+        state = load_checkpoint(run_dir / "model.pt", ("format", "state_dict"), what="cached weights")["state_dict"]
         config: dict[str, Any] = {"source": "cache", "entry": run_dir.name}
     else:
         checkpoint_path = run_dir / "checkpoint.pt"

@@ -16,7 +16,7 @@ from benchmark.errors import UserError
 from benchmark.experiment import Session, ensure_teacher, run_student
 from benchmark.ledger import Ledger
 from benchmark.models import BACKBONE_OF, build_segmentor, count_params_m, detectors, measure_gflops
-from benchmark.plan import BASELINE, RunSpec, TableSpec, load_table_spec, plan_runs
+from benchmark.plan import BASELINE, RunSpec, TableSpec, load_table_spec, plan_runs, plan_teachers
 from tables.detection_table import build_detection_table, detection_caption
 from tables.method_table import build_method_table
 from tables.paper import PAPER_TABLES
@@ -149,7 +149,8 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
     preset = for_task(preset, spec.task)
     ledger = Ledger(args.out / "ledger.csv")
     ledger.frame()  # a corrupt ledger stops us here, before any training
-    root, data_id = data_root(spec.task, args.data_root, args.cache_dir, preset, args.dry_run)
+    # Name the data (nothing generated yet) and plan first, so a bad --rows/--methods fails at once.
+    root, data_id = data_root(spec.task, args.data_root, args.cache_dir, preset, dry_run=True)
     backbone_of, stem = _backbones(spec.task)
     sources = {m: backbone_source(b, preset, user_weights, stem) for m, b in backbone_of.items()}
     blocks = spec.blocks or (spec,)
@@ -159,22 +160,28 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
             print_plan(teacher, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
                                        "teacher_ckpt": args.teacher_ckpt, "force": args.force}, preset, device)
         return 0
+    root, data_id = data_root(spec.task, args.data_root, args.cache_dir, preset)
     task, train_set, val_set = open_splits(spec.task, root, preset)
     session = Session(preset, preset_key, device, args.out, args.cache_dir, data_id, task, train_set,
                       val_set, user_weights, args.teacher_ckpt, args.resume, args.force, ledger)
     headline = task.metrics[0]
     cells: dict[str, tuple[str, str]] = {}
     for block, (teacher, runs) in zip(blocks, plans, strict=True):
-        teacher_model, teacher_row = ensure_teacher(teacher, session)
-        if dist.is_main() and not ledger.has(teacher_row["key"]):
-            ledger.append(teacher_row)
+        teachers = plan_teachers(block, preset, data_id, sources)
+        needed = [teacher.row.id, *sorted({r.teacher_id for r in runs if r.teacher_id} - {teacher.row.id})]
+        models = {}
+        for tid in needed:
+            models[tid], teacher_row = ensure_teacher(teachers[tid], session)
+            if dist.is_main() and not ledger.has(teacher_row["key"]):
+                ledger.append(teacher_row)
+            cells[teacher_row["key"]] = (tid, BASELINE)
         for run in runs:
-            row = run_student(run, session, teacher_model)
+            row = run_student(run, session, models[run.teacher_id or teacher.row.id])
             if row is not None and dist.is_main():
                 ledger.append(row)
-                print(f"{run.name}: {headline} {row[headline]:.2f} ({row['train_s'] / 60:.1f} min)")
+                print(f"{run.name}: {task.headline} {row[headline]:.2f} ({row['train_s'] / 60:.1f} min)")
         _, every_run = plan_runs(block, preset, args.seeds, data_id, sources)  # show every cell the ledger has
-        cells |= {teacher_row["key"]: (block.teacher.id, BASELINE)} | {r.key: (r.row.id, r.method) for r in every_run}
+        cells |= {r.key: (r.row.id, r.method) for r in every_run}
     if dist.is_main():
         models = {r.model for b in blocks for r in (b.teacher, *b.students)}
         used = {backbone_of[m]: sources[m] for m in models}

@@ -42,6 +42,10 @@ class MethodSpec:
     # Detection "†" rows: the student's neck and heads start from the teacher's weights (kd_reference §0).
     inherit: bool = False
     paper: str | None = None  # the paper's row/column name of this method (detection tables)
+    teacher: str | None = None  # id of the teacher row to distil from (default: the table's `teacher`)
+    # MTPD progressive distillation: teacher row ids, weak → strong; one full run per teacher, each starting
+    # from the previous run's student (the first inherits neck and heads from its teacher, as MTPD's stage 1).
+    chain: tuple[str, ...] = ()
 
     @staticmethod
     def parse(entry: str | dict[str, Any]) -> MethodSpec:
@@ -82,6 +86,8 @@ class TableSpec:
     group: str | None = None  # a block's heading (the paper's group name)
     id: str | None = None  # a block's id
     not_implemented: tuple[str, ...] = ()  # paper rows of methods the suite lacks, shown as such
+    teachers: tuple[RowSpec, ...] = ()  # further teachers that methods name (`teacher:` / `chain:`)
+    needs_backend: tuple[str, ...] = ()  # paper rows whose models need the OpenMMLab backend
 
     def raw(self) -> dict[str, Any]:
         """Plain-dict form for the table renderer."""
@@ -102,6 +108,8 @@ class RunSpec:
     key: str
     method_name: str = BASELINE  # registry name
     method_options: dict[str, Any] = field(default_factory=dict)  # resolved options
+    teacher_id: str | None = None  # the teacher row this run distils from
+    init_from: RunSpec | None = None  # an earlier run whose student this one starts from (MTPD stages)
 
     @property
     def name(self) -> str:
@@ -142,8 +150,22 @@ def _parse_spec(data: dict[str, Any]) -> TableSpec:
         RowSpec, data.get("teacher", {}), "teacher.")
     data["students"] = tuple(from_dict(RowSpec, r, "students[].") for r in data.get("students", []))
     data["diagnostics"] = tuple(from_dict(RowSpec, r, "diagnostics[].") for r in data.get("diagnostics", []))
+    data["teachers"] = tuple(from_dict(RowSpec, r, "teachers[].") for r in data.get("teachers", []))
     data["methods"] = tuple(MethodSpec.parse(m) for m in data.get("methods", (BASELINE,)))
-    return from_dict(TableSpec, data)
+    spec = from_dict(TableSpec, data)
+    if spec.blocks:  # each block was checked on its own
+        return spec
+    teacher_ids = [t.id for t in (spec.teacher, *spec.teachers)]
+    for ms in spec.methods:
+        if ms.chain and len(ms.chain) < 2:
+            raise UserError(f"table {spec.table}: method {ms.id!r} has a chain of one teacher ({list(ms.chain)}); "
+                            "progressive distillation needs two or more (weak → strong). Use `teacher:` for "
+                            "direct distillation from one teacher.")
+        for tid in (*ms.chain, *([ms.teacher] if ms.teacher else [])):
+            if tid not in teacher_ids:
+                raise UserError(f"table {spec.table}: method {ms.id!r} names teacher {tid!r}, which is not a "
+                                f"teacher row of the table (teachers: {', '.join(teacher_ids)}).")
+    return spec
 
 
 def row_schedule(row: RowSpec, preset: Preset, default: str) -> ScheduleConfig:
@@ -203,13 +225,16 @@ def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str, s
     students = [r for r in spec.students if not rows or r.id in rows]
     diagnostics = [r for r in spec.diagnostics if not rows or r.id in rows]
 
-    def make(row: RowSpec, role: str, ms: MethodSpec, seed: int, default: str, teacher_key: str = "") -> RunSpec:
+    def make(row: RowSpec, role: str, ms: MethodSpec, seed: int, default: str, teacher: RunSpec | None = None,
+             init_from: RunSpec | None = None) -> RunSpec:
         schedule = row_schedule(row, preset, default)
+        teacher_key = teacher.key if teacher is not None else ""
         options = method_options(ms, preset)
         distill = None
         if ms.method != BASELINE:
             distill = {"name": ms.method, "options": options, "teacher": teacher_key}
-            distill |= {f"{side}_taps": r.taps for side, r in (("student", row), ("teacher", spec.teacher)) if r.taps}
+            teacher_row = teacher.row if teacher is not None else spec.teacher
+            distill |= {f"{side}_taps": r.taps for side, r in (("student", row), ("teacher", teacher_row)) if r.taps}
             if preset.cache_teacher_outputs:  # per-image teacher outputs (batch of 1): part of the result
                 distill["teacher_outputs"] = "per-image cache"
             if registry.method_class(ms.method).has_stage():
@@ -217,17 +242,41 @@ def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str, s
         # The key hashes the method and its options, not the column id: tables share runs.
         config = resolved_config(row, role, ms.method, schedule, preset, data_id, sources.get(row.model), distill,
                                  spec.task)
-        if ms.inherit:
+        if init_from is not None:  # a later MTPD stage: the previous stage's student, no re-inheriting
+            config["init_from"] = init_from.key
+        elif ms.inherit or ms.chain:
             config["inherit"] = "neck and heads from the teacher"
         return RunSpec(spec.table, row, role, ms.id, seed, schedule, config, experiment_key(config, seed),
-                       ms.method, options)
+                       ms.method, options, teacher.row.id if teacher is not None else None, init_from)
 
-    baseline = MethodSpec(BASELINE, BASELINE, "Baseline")
-    teacher = make(spec.teacher, "teacher", baseline, 0, "teacher")
-    runs = [make(row, role, ms, seed, "student", teacher.key)
+    teachers = plan_teachers(spec, preset, data_id, sources)
+
+    def runs_of(row: RowSpec, role: str, ms: MethodSpec, seed: int) -> list[RunSpec]:
+        if not ms.chain:
+            return [make(row, role, ms, seed, "student", teachers[ms.teacher or spec.teacher.id])]
+        stages: list[RunSpec] = []
+        for k, tid in enumerate(ms.chain, start=1):
+            stage = dataclasses.replace(ms, id=ms.id if k == len(ms.chain) else f"{ms.id}.stage{k}")
+            stages.append(make(row, role, stage, seed, "student", teachers[tid], stages[-1] if stages else None))
+        return stages
+
+    runs = [run
             for role, group in (("student", students), ("diagnostic", diagnostics))
             for row in group
             for ms in spec.methods if ms.id in (row.methods or [m.id for m in spec.methods])
             if not methods or ms.id in methods
-            for seed in seeds]
-    return teacher, runs
+            for seed in seeds
+            for run in runs_of(row, role, ms, seed)]
+    return teachers[spec.teacher.id], runs
+
+
+def plan_teachers(spec: TableSpec, preset: Preset, data_id: str, sources: dict[str, str]) -> dict[str, RunSpec]:
+    """Teacher row id → its (cached) training run: the table's teacher, then its further `teachers`."""
+    result = {}
+    for row in (spec.teacher, *spec.teachers):
+        schedule = row_schedule(row, preset, "teacher")
+        config = resolved_config(row, "teacher", BASELINE, schedule, preset, data_id, sources.get(row.model),
+                                 None, spec.task)
+        result[row.id] = RunSpec(spec.table, row, "teacher", BASELINE, 0, schedule, config,
+                                 experiment_key(config, 0))
+    return result

@@ -1,8 +1,9 @@
 """Detection tables (Table 1 layout): one block per detector, a row per network or method, six AP columns.
 
 A spec (`configs/tables/table1.yaml`) has `blocks`, each with a `group` (the paper's group name), a teacher,
-one student and `methods` (ids, labels, `paper` row names); `not_implemented` names paper rows of methods
-the suite lacks (shown with the paper's numbers and "not implemented", never dropped).
+one student, optional further `teachers` and `methods` (ids, labels, `paper` row names); `not_implemented`
+names paper rows of methods the suite lacks and `needs_backend` rows whose models torchvision cannot build
+(shown with the paper's numbers, never dropped).
 """
 
 from __future__ import annotations
@@ -12,9 +13,11 @@ from collections.abc import Sequence
 import pandas as pd
 
 from benchmark.config import Preset
-from benchmark.engine.coco_eval import METRICS
 from tables.aggregate import format_stat, summarize
 from tables.render import TableData
+
+METRICS = ("AP", "AP50", "AP75", "APs", "APm", "APl")  # the ledger columns (benchmark.engine.coco_eval.METRICS)
+MM_BACKEND = "needs the OpenMMLab backend"
 
 
 def _paper_cells(values: Sequence[float | None] | None) -> list[str]:
@@ -44,13 +47,15 @@ def build_detection_table(runs: pd.DataFrame, spec: dict, caption: str, paper: d
     rows: list[list[str]] = []
     group_rows: list[int] = []
     for block in spec["blocks"]:
-        ref = paper["groups"].get(block.get("group") or "", {})
+        groups = paper["groups"]  # a one-group paper table (an ablation) serves any block heading
+        ref = groups.get(block.get("group") or "") or (next(iter(groups.values())) if len(groups) == 1 else {})
         group_rows.append(len(rows))
         rows.append([f"{block.get('group') or block['id']}", *([""] * len(METRICS))])
-        teacher, (student,) = block["teacher"], block["students"]
-        rows.append([f"T: {teacher['label']}",
-                     *_measured_cells(runs, teacher["id"], "baseline", ref.get(teacher.get("paper") or ""),
-                                      "not run yet")])
+        teachers, (student,) = [block["teacher"], *block.get("teachers", ())], block["students"]
+        for teacher in teachers:
+            rows.append([f"T: {teacher['label']}",
+                         *_measured_cells(runs, teacher["id"], "baseline", ref.get(teacher.get("paper") or ""),
+                                          "not run yet")])
         for method in block["methods"]:
             label = f"S: {student['label']}" if method["method"] == "baseline" else method["label"]
             name = student.get("paper") if method["method"] == "baseline" else method.get("paper")
@@ -58,6 +63,8 @@ def build_detection_table(runs: pd.DataFrame, spec: dict, caption: str, paper: d
                                                  "not run yet")])
         for name in block.get("not_implemented", ()):
             rows.append([name, *_measured_cells(pd.DataFrame(), "", "", ref.get(name), "not implemented")])
+        for name in block.get("needs_backend", ()):
+            rows.append([name, *_measured_cells(pd.DataFrame(), "", "", ref.get(name), MM_BACKEND)])
     notes = [
         "Cells: COCO bbox AP (%) of our runs from pycocotools COCOeval, mean ± sample std over seeds (n = runs); "
         "paper = the paper's COCO val number, for reference only (it never stands in for a missing run).",

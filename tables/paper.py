@@ -71,4 +71,41 @@ def table1_paper() -> dict:
     return {"title": t1["title"], "source": numbers["source"], "columns": t1["columns"], "groups": groups}
 
 
-PAPER_TABLES = {"1": table1_paper, "3": table3_paper, "5": table5_paper, "tokens": tokens_paper}
+def _ap_only(rows: dict[str, float]) -> list:
+    return [[ap, None, None, None, None, None] for ap in rows.values()]
+
+
+def table4_paper() -> dict:
+    """Table 4 (MasKD components; AP only) in the `table1_paper` layout, one group; row names "mimic", "random
+    tokens", "L_div only", "L_task only", "L_div + L_task", "+ mask weighting", "+ customization"."""
+    numbers = load_paper_numbers()
+    t4 = numbers["table4"]
+    names = ["random tokens", "L_div only", "L_task only", "L_div + L_task", "+ mask weighting", "+ customization"]
+    rows = {"mimic": t4["mimic"]} | {name: r["AP"] for name, r in zip(names, t4["rows"], strict=True)}
+    group = dict(zip(rows, _ap_only(rows), strict=True))
+    return {"title": t4["title"], "source": numbers["source"], "columns": ["AP"], "groups": {"ablation": group}}
+
+
+def table7_paper() -> dict:
+    """Table 7 (number of tokens; AP only) in the `table1_paper` layout, one group; rows "T = 0 (mimic)", "T = 2"…"""
+    numbers = load_paper_numbers()
+    t7 = numbers["table7"]
+    rows = {f"T = {name}": ap for name, ap in t7["rows"].items()}
+    group = dict(zip(rows, _ap_only(rows), strict=True))
+    return {"title": t7["title"], "source": numbers["source"], "columns": ["AP"], "groups": {"tokens": group}}
+
+
+def mtpd_paper() -> dict:
+    """The MTPD README's progressive-distillation results (box AP only) in the `table1_paper` layout: one group
+    per student ("RetinaNet/ResNet-50", ...), rows named by their chain, "R101 → X101"-style ("RetinaNet/ResNet-101 →
+    RetinaNet/ResNeXt-101")."""
+    numbers = load_paper_numbers()
+    groups: dict[str, dict[str, list]] = {}
+    for entry in numbers["mtpd_readme"]:
+        groups.setdefault(entry["student"], {})[" → ".join(entry["chain"])] = [entry["box_AP"], *[None] * 5]
+    return {"title": "MTPD README: progressive distillation, COCO box AP", "source": numbers["source"],
+            "columns": ["AP"], "groups": groups}
+
+
+PAPER_TABLES = {"1": table1_paper, "3": table3_paper, "4": table4_paper, "5": table5_paper, "7": table7_paper,
+                "mtpd": mtpd_paper, "tokens": tokens_paper}

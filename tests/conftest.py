@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.data import Dataset
@@ -50,3 +52,15 @@ class RandomSegData(Dataset):
         if seed is not None and seed % 2:
             image, label = image.flip(-1), label.flip(-1)
         return image, label
+
+
+@pytest.fixture(scope="session")
+def det_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(cache, out) of one finished smoke run of Table 1 (Faster R-CNN block, every method column); shared by
+    the detection CLI and figure tests so the teacher and tokens are trained once."""
+    from benchmark.cli import main
+
+    cache, out = tmp_path_factory.mktemp("det_cache"), tmp_path_factory.mktemp("det_out")
+    assert main(["--table", "1", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
+                 "--out", str(out)]) == 0
+    return cache, out

@@ -7,6 +7,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+import yaml
 
 from benchmark.cli import main
 from benchmark.config import for_task, load_preset
@@ -20,15 +21,12 @@ from benchmark.tasks import DetectionTask
 
 pytestmark = pytest.mark.slow
 METHODS = ["baseline", "mimic", "fgd", "maskd", "maskd_inherit"]
+ROOT = Path(__file__).resolve().parent.parent
 
 
 @pytest.fixture(scope="module")
-def det_out(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """One finished smoke run of Table 1 (Faster R-CNN block, every method column)."""
-    cache, out = tmp_path_factory.mktemp("det_cache"), tmp_path_factory.mktemp("det_out")
-    assert main(["--table", "1", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
-                 "--out", str(out)]) == 0
-    return cache, out
+def det_out(det_smoke: tuple[Path, Path]) -> tuple[Path, Path]:
+    return det_smoke
 
 
 def test_smoke_table1_end_to_end(det_out: tuple[Path, Path]) -> None:
@@ -118,4 +116,45 @@ def test_export_round_trips_into_the_bare_detector(det_out: tuple[Path, Path], t
         bare.load_state_dict(state, strict=True)
         unit = torch.load(run_dir / "checkpoint.pt", weights_only=True)["model"]
         assert all(torch.equal(v, unit[f"student.{k}"]) for k, v in state.items())
+    teacher_dir = next((cache / "teachers").iterdir())  # a cached teacher exports as it is
+    assert export_main([str(teacher_dir), "-o", str(tmp_path / "teacher.pt")]) == 0
+    task.build_model("faster_rcnn_r101", preset).load_state_dict(
+        torch.load(tmp_path / "teacher.pt", weights_only=True), strict=True)
     assert export_main([str(tmp_path)]) == 2  # no checkpoint there: one message, exit 2
+
+
+def test_mtpd_chain_starts_each_stage_from_the_previous_student(tmp_path: Path) -> None:
+    """`--table mtpd`: stage 1 inherits from the R101 teacher; stage 2 starts from stage 1's student (no
+    re-inheriting from the X101 teacher) and the table shows the chain beside the MTPD README."""
+    cache, out = tmp_path / "cache", tmp_path / "out"
+    assert main(["--table", "mtpd", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
+                 "--out", str(out), "--methods", "mgd_chain"]) == 0
+    ledger = pd.read_csv(out / "ledger.csv")
+    assert sorted(ledger["method"]) == ["baseline", "baseline", "mgd_chain", "mgd_chain.stage1"]  # 2 teachers
+    runs = ledger[ledger["role"] == "student"].set_index("method")
+    stage1, stage2 = (Path(runs.loc[m, "run_dir"]) for m in ("mgd_chain.stage1", "mgd_chain"))
+    config1, config2 = (yaml.safe_load((d / "config.yaml").read_text()) for d in (stage1, stage2))
+    assert "inherit" in config1 and "init_from" not in config1
+    assert config2["init_from"] == runs.loc["mgd_chain.stage1", "key"] and "inherit" not in config2
+    assert config1["distill"]["teacher"] != config2["distill"]["teacher"]
+    one = torch.load(stage1 / "checkpoint.pt", weights_only=True)["model"]
+    two = torch.load(stage2 / "checkpoint.pt", weights_only=True)["model"]
+    x101 = next(p for p in (cache / "teachers").iterdir() if p.name.startswith("retinanet_x101"))
+    x101_state = torch.load(x101 / "model.pt", weights_only=True)["state_dict"]
+    key = "student.head.classification_head.conv.0.0.weight"
+    moved_from_stage1 = (two[key] - one[key]).norm() / one[key].norm()
+    assert moved_from_stage1 < 0.05  # 2 small steps away from where stage 1 ended
+    assert (two[key] - x101_state[key.removeprefix("student.")]).norm() / one[key].norm() > 10 * moved_from_stage1
+    table = (out / "tables" / "tablemtpd.md").read_text()
+    assert "T: RetinaNet X101-64x4d" in table and "T: RetinaNet R101" in table
+    assert "(paper 41.7)" in table and "needs the OpenMMLab backend" in table
+
+
+def test_a_chain_of_one_teacher_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    spec = yaml.safe_load((ROOT / "configs/tables/mtpd.yaml").read_text())
+    spec["methods"][3]["chain"] = ["retina_r101"]
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    assert main(["--config", str(path), "--preset", "smoke", "--out", str(tmp_path / "out")]) == 2
+    assert "chain of one teacher" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "ledger.csv").exists()

@@ -218,7 +218,8 @@ def test_build_table3_spec_errors(change: dict, drop: list[str], match: str) -> 
 
 
 def test_tables_does_not_import_torch() -> None:
-    code = ("import sys, tables, tables.paper, tables.aggregate, tables.render, tables.method_table, tables.plot; "
+    code = ("import sys, tables, tables.paper, tables.aggregate, tables.render, tables.method_table, tables.plot, "
+            "tables.detection_table; "
             "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
@@ -236,3 +237,26 @@ def test_every_shipped_table_spec_renders(table: str) -> None:
     assert t.columns[3:] == [m["label"] for m in spec["methods"]]
     assert all("50.00 (n=1)" in cell for row in t.rows[1:1 + len(spec["students"])] for cell in row[3:])
     assert "FLOPs (G)" in "\n".join(t.notes)
+
+
+@pytest.mark.parametrize("table", ["1", "4", "7"])
+def test_every_shipped_detection_spec_renders(table: str) -> None:
+    from benchmark.engine.coco_eval import METRICS
+    from benchmark.plan import load_table_spec
+    from tables.detection_table import METRICS as COLUMNS
+    from tables.detection_table import build_detection_table
+    from tables.paper import PAPER_TABLES
+
+    assert COLUMNS == METRICS
+    spec = load_table_spec(table, None).raw()
+    block = spec["blocks"][0]
+    student = block["students"][0]["id"]
+    runs = pd.DataFrame([{"row": student, "method": m["id"], "seed": s, **dict.fromkeys(METRICS, 40.0 + s)}
+                         for m in block["methods"] for s in (0, 1)])
+    t = build_detection_table(runs, spec, "c", PAPER_TABLES[table]())
+    assert t.columns == ["Detector / method", *METRICS]
+    method_rows = t.rows[2:2 + len(block["methods"])]
+    assert all(cell.startswith("40.5 ± 0.7 (n=2)") for row in method_rows for cell in row[1:])
+    assert all("not run yet" in cell for cell in t.rows[1][1:])  # the teacher has no ledger row here
+    paper_lines = [row[1].split("\n")[1] for row in method_rows[1:]]  # every method names its paper AP
+    assert all(line.startswith("(paper ") and line != "(paper -)" for line in paper_lines)

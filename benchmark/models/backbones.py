@@ -24,7 +24,9 @@ _RESNETS: dict[str, tuple[type[BasicBlock | Bottleneck], tuple[int, int, int, in
     "resnet18": (BasicBlock, (2, 2, 2, 2)),
     "resnet50": (Bottleneck, (3, 4, 6, 3)),
     "resnet101": (Bottleneck, (3, 4, 23, 3)),
+    "resnext101_64x4d": (Bottleneck, (3, 4, 23, 3)),  # torchvision stem only (the detection teachers' X101)
 }
+_GROUPS: dict[str, dict[str, int]] = {"resnext101_64x4d": {"groups": 64, "base_width": 4}}
 BACKBONES = (*_RESNETS, "mobilenetv2")
 
 
@@ -105,15 +107,16 @@ def _stem(stem: str) -> OrderedDict[str, nn.Module]:
 
 
 def _make_layer(
-    block: type[BasicBlock | Bottleneck], inplanes: int, planes: int, blocks: int, stride: int
+    block: type[BasicBlock | Bottleneck], inplanes: int, planes: int, blocks: int, stride: int,
+    **grouping: int,
 ) -> nn.Sequential:
     downsample = None
     if stride != 1 or inplanes != planes * block.expansion:
         downsample = nn.Sequential(
             conv1x1(inplanes, planes * block.expansion, stride), nn.BatchNorm2d(planes * block.expansion)
         )
-    layers = [block(inplanes, planes, stride, downsample)]
-    layers += [block(planes * block.expansion, planes) for _ in range(1, blocks)]
+    layers = [block(inplanes, planes, stride, downsample, **grouping)]
+    layers += [block(planes * block.expansion, planes, **grouping) for _ in range(1, blocks)]
     return nn.Sequential(*layers)
 
 
@@ -123,7 +126,8 @@ def _resnet(name: str, output_stride: int, stem: str) -> Backbone:
     modules["maxpool"] = nn.MaxPool2d(3, stride=2, padding=1)
     inplanes = 128 if stem == "deep" else 64
     for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), depths, strict=True), start=1):
-        modules[f"layer{i}"] = _make_layer(block, inplanes, planes, blocks, stride=1 if i == 1 else 2)
+        modules[f"layer{i}"] = _make_layer(block, inplanes, planes, blocks, stride=1 if i == 1 else 2,
+                                           **_GROUPS.get(name, {}))
         inplanes = planes * block.expansion
     stages = (modules["layer3"], modules["layer4"])
     for stage, rate in zip(stages, _stage_dilations(output_stride), strict=True):
@@ -158,4 +162,6 @@ def build_backbone(name: str, output_stride: int = 32, stem: str = "deep") -> Ba
         raise UserError(f"unknown stem {stem!r}; valid: {', '.join(STEMS)}")
     if name == "mobilenetv2":
         return _mobilenetv2(output_stride)
+    if name in _GROUPS and stem != "torchvision":
+        raise UserError(f"{name} exists with torchvision's stem only (stem='torchvision').")
     return _resnet(name, output_stride, stem)

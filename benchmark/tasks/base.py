@@ -29,6 +29,7 @@ class Task(ABC):
 
     name: ClassVar[str] = ""
     metrics: ClassVar[tuple[str, ...]] = ()
+    headline: ClassVar[str] = ""  # how logs name metrics[0] ("mIoU", "AP")
     stem: ClassVar[str] = "deep"  # ResNet stem of the task's models (their stand-in pretraining differs)
 
     @abstractmethod

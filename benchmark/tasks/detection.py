@@ -42,11 +42,20 @@ def _targets_to(targets: list[dict], device: torch.device) -> list[dict]:
             for t in targets]
 
 
+def _categories_only(detection: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Boxes/scores as float32 and labels as int64 on the CPU, without label 0: RetinaNet and FCOS keep an
+    (untrained) background output so that one label map serves every family, and it is no category."""
+    keep = detection["labels"] > 0
+    return {"boxes": detection["boxes"][keep].float().cpu(), "scores": detection["scores"][keep].float().cpu(),
+            "labels": detection["labels"][keep].long().cpu()}
+
+
 class DetectionTask(Task):
     """COCO bbox AP, AP50, AP75, APs, APm, APl (%) from pycocotools' COCOeval on the whole val split."""
 
     name: ClassVar[str] = "detection"
     metrics: ClassVar[tuple[str, ...]] = METRICS
+    headline: ClassVar[str] = "AP"
     stem: ClassVar[str] = "torchvision"
 
     def __init__(self, class_names: Sequence[str], image_size: tuple[int, int]) -> None:
@@ -94,7 +103,7 @@ class DetectionTask(Task):
             with torch.autocast(device.type, enabled=amp and device.type == "cuda"):
                 outputs = model([image.to(device) for image in images])
             image_ids += [int(t["image_id"]) for t in targets]
-            detections += [{k: v.float().cpu() for k, v in out.items()} for out in outputs]
+            detections += [_categories_only(out) for out in outputs]
         model.train(was_training)
         results = dist.gather_objects(detections_to_coco(image_ids, detections, val_set.label_to_category))
         return coco_bbox_metrics(val_set.coco, results)

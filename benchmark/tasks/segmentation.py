@@ -26,6 +26,7 @@ class SegmentationTask(Task):
 
     name: ClassVar[str] = "segmentation"
     metrics: ClassVar[tuple[str, ...]] = ("miou",)
+    headline: ClassVar[str] = "mIoU"
 
     def __init__(self, class_names: Sequence[str] = CITYSCAPES_CLASSES) -> None:
         self.class_names = tuple(class_names)

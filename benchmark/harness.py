@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import difflib
 from pathlib import Path
 
 import torch
@@ -120,6 +121,22 @@ def render(spec: TableSpec, ledger: Ledger, cells: dict[str, tuple[str, str]], c
     return f"{md_path.read_text()}\nwritten: {md_path}, {tex_path}, {png} and {pdf}"
 
 
+def _block_rows(block: TableSpec, rows: list[str] | None) -> list[str] | None:
+    return None if rows is None else [r for r in rows if r in {x.id for x in (*block.students, *block.diagnostics)}]
+
+
+def _selected_blocks(spec: TableSpec, rows: list[str] | None) -> list[TableSpec]:
+    """The blocks to run: those the suite can build (no `backend`) holding a `--rows` row (all without it)."""
+    blocks = [b for b in spec.blocks or (spec,) if b.backend is None]
+    known = [r.id for b in blocks for r in (*b.students, *b.diagnostics)]
+    for name in rows or []:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            hint = f" Did you mean '{close[0]}'?" if close else ""
+            raise UserError(f"unknown row '{name}' in table {spec.table}.{hint} Rows: {', '.join(known)}.")
+    return [b for b in blocks if rows is None or _block_rows(b, rows)]
+
+
 def _backbones(task: str) -> tuple[dict[str, str], str]:
     """Model name → backbone name, and the ResNet stem, of a task's models."""
     return (BACKBONE_OF, "deep") if task == "seg" else (detectors.BACKBONE_OF, "torchvision")
@@ -153,8 +170,9 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
     root, data_id = data_root(spec.task, args.data_root, args.cache_dir, preset, dry_run=True)
     backbone_of, stem = _backbones(spec.task)
     sources = {m: backbone_source(b, preset, user_weights, stem) for m, b in backbone_of.items()}
-    blocks = spec.blocks or (spec,)
-    plans = [plan_runs(block, preset, args.seeds, data_id, sources, args.rows, args.methods) for block in blocks]
+    blocks = _selected_blocks(spec, args.rows)
+    plans = [plan_runs(block, preset, args.seeds, data_id, sources, _block_rows(block, args.rows), args.methods)
+             for block in blocks]
     if args.dry_run:
         for teacher, runs in plans:
             print_plan(teacher, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
@@ -166,6 +184,11 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
                       val_set, user_weights, args.teacher_ckpt, args.resume, args.force, ledger)
     headline = task.metrics[0]
     cells: dict[str, tuple[str, str]] = {}
+    for block in spec.blocks or (spec,):  # the ledger's cells of every runnable block, run now or earlier
+        if block.backend is None:
+            _, every_run = plan_runs(block, preset, args.seeds, data_id, sources)
+            cells |= {r.key: (r.row.id, r.method) for r in every_run}
+            cells |= {t.key: (tid, BASELINE) for tid, t in plan_teachers(block, preset, data_id, sources).items()}
     for block, (teacher, runs) in zip(blocks, plans, strict=True):
         teachers = plan_teachers(block, preset, data_id, sources)
         needed = [teacher.row.id, *sorted({r.teacher_id for r in runs if r.teacher_id} - {teacher.row.id})]
@@ -174,16 +197,14 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
             models[tid], teacher_row = ensure_teacher(teachers[tid], session)
             if dist.is_main() and not ledger.has(teacher_row["key"]):
                 ledger.append(teacher_row)
-            cells[teacher_row["key"]] = (tid, BASELINE)
+            cells[teacher_row["key"]] = (tid, BASELINE)  # a user checkpoint's row has its own key
         for run in runs:
             row = run_student(run, session, models[run.teacher_id or teacher.row.id])
             if row is not None and dist.is_main():
                 ledger.append(row)
                 print(f"{run.name}: {task.headline} {row[headline]:.2f} ({row['train_s'] / 60:.1f} min)")
-        _, every_run = plan_runs(block, preset, args.seeds, data_id, sources)  # show every cell the ledger has
-        cells |= {r.key: (r.row.id, r.method) for r in every_run}
     if dist.is_main():
-        models = {r.model for b in blocks for r in (b.teacher, *b.students)}
+        models = {r.model for b in spec.blocks or (spec,) if b.backend is None for r in (b.teacher, *b.students)}
         used = {backbone_of[m]: sources[m] for m in models}
         if spec.task == "seg":
             print(render(spec, ledger, cells, _caption(spec, preset, data_id, args.seeds, used), args.out))

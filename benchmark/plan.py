@@ -88,6 +88,7 @@ class TableSpec:
     not_implemented: tuple[str, ...] = ()  # paper rows of methods the suite lacks, shown as such
     teachers: tuple[RowSpec, ...] = ()  # further teachers that methods name (`teacher:` / `chain:`)
     needs_backend: tuple[str, ...] = ()  # paper rows whose models need the OpenMMLab backend
+    backend: str | None = None  # "openmmlab": a block whose models torchvision cannot build (shown, not run)
 
     def raw(self) -> dict[str, Any]:
         """Plain-dict form for the table renderer."""

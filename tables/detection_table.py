@@ -49,18 +49,18 @@ def build_detection_table(runs: pd.DataFrame, spec: dict, caption: str, paper: d
     for block in spec["blocks"]:
         groups = paper["groups"]  # a one-group paper table (an ablation) serves any block heading
         ref = groups.get(block.get("group") or "") or (next(iter(groups.values())) if len(groups) == 1 else {})
+        missing = MM_BACKEND if block.get("backend") else "not run yet"
         group_rows.append(len(rows))
         rows.append([f"{block.get('group') or block['id']}", *([""] * len(METRICS))])
         teachers, (student,) = [block["teacher"], *block.get("teachers", ())], block["students"]
         for teacher in teachers:
             rows.append([f"T: {teacher['label']}",
                          *_measured_cells(runs, teacher["id"], "baseline", ref.get(teacher.get("paper") or ""),
-                                          "not run yet")])
+                                          missing)])
         for method in block["methods"]:
             label = f"S: {student['label']}" if method["method"] == "baseline" else method["label"]
             name = student.get("paper") if method["method"] == "baseline" else method.get("paper")
-            rows.append([label, *_measured_cells(runs, student["id"], method["id"], ref.get(name or ""),
-                                                 "not run yet")])
+            rows.append([label, *_measured_cells(runs, student["id"], method["id"], ref.get(name or ""), missing)])
         for name in block.get("not_implemented", ()):
             rows.append([name, *_measured_cells(pd.DataFrame(), "", "", ref.get(name), "not implemented")])
         for name in block.get("needs_backend", ()):

@@ -56,11 +56,11 @@ class RandomSegData(Dataset):
 
 @pytest.fixture(scope="session")
 def det_smoke(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """(cache, out) of one finished smoke run of Table 1 (Faster R-CNN block, every method column); shared by
+    """(cache, out) of one finished smoke run of Table 1's Faster R-CNN block (every method column); shared by
     the detection CLI and figure tests so the teacher and tokens are trained once."""
     from benchmark.cli import main
 
     cache, out = tmp_path_factory.mktemp("det_cache"), tmp_path_factory.mktemp("det_out")
     assert main(["--table", "1", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--rows", "faster_r50"]) == 0
     return cache, out

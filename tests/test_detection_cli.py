@@ -39,8 +39,9 @@ def test_smoke_table1_end_to_end(det_out: tuple[Path, Path]) -> None:
     table = (out / "tables" / "table1.md").read_text()
     assert "| Detector / method | AP | AP50 | AP75 | APs | APm | APl |" in table
     assert "(paper 39.8)" in table and "(paper 38.4)" in table and "(paper 41.0)" in table
-    assert table.count("not implemented") == 12  # GID and FRS rows, six cells each, paper numbers beside
-    assert "not run yet" not in table
+    faster = table.split("| Two-stage detectors |")[1].split("| One-stage detectors |")[0]
+    assert faster.count("not implemented") == 12  # GID and FRS rows, six cells each, paper numbers beside
+    assert "not run yet" not in faster and "not run yet" in table  # --rows faster_r50: one block of three
     # Each student's logs hold the detector's own losses and the method's named terms.
     runs = ledger[ledger["role"] == "student"].set_index("method")
     logs = {m: (Path(runs.loc[m, "run_dir"]) / "log.csv").read_text().split("\n")[0] for m in METHODS}
@@ -53,7 +54,7 @@ def test_table1_rebuilds_without_training(det_out: tuple[Path, Path], capsys: py
     cache, out = det_out
     before = (out / "ledger.csv").read_text()
     assert main(["--table", "1", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
-                 "--out", str(out)]) == 0
+                 "--out", str(out), "--rows", "faster_r50"]) == 0
     assert (out / "ledger.csv").read_text() == before
     assert "faster_r50/" not in capsys.readouterr().out.replace("faster_r50/baseline", "")
 
@@ -90,8 +91,10 @@ def test_inherit_copies_neck_and_heads_only() -> None:
 
 def test_detection_keys_and_task() -> None:
     spec = load_table_spec("1", None)
-    assert spec.task == "det" and [b.id for b in spec.blocks] == ["faster"]
-    assert [m.id for m in spec.methods] == METHODS and spec.methods[-1].inherit
+    assert spec.task == "det" and [b.id for b in spec.blocks] == ["faster", "retina", "fcos"]
+    assert all([m.id for m in b.methods] == METHODS and b.methods[-1].inherit for b in spec.blocks)
+    retina_maskd = next(m for m in spec.blocks[1].methods if m.id == "maskd")
+    assert retina_maskd.options == {"weight": 7.0}  # the official RetinaNet λ1
     preset = for_task(load_preset("smoke"), "det")
     assert (preset.data.height, preset.data.width) == (64, 80) and preset.student.clip_grad_norm == 35.0
     assert not preset.cache_teacher_outputs
@@ -158,3 +161,12 @@ def test_a_chain_of_one_teacher_is_refused(tmp_path: Path, capsys: pytest.Captur
     assert main(["--config", str(path), "--preset", "smoke", "--out", str(tmp_path / "out")]) == 2
     assert "chain of one teacher" in capsys.readouterr().err
     assert not (tmp_path / "out" / "ledger.csv").exists()
+
+
+def test_bad_coco_root_names_the_expected_layout(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    root = tmp_path / "coco"
+    (root / "train2017").mkdir(parents=True)
+    code = main(["--table", "1", "--preset", "smoke", "--data-root", str(root), "--out", str(tmp_path / "out")])
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error: ") and "Traceback" not in err
+    assert "annotations/instances_train2017.json" in err and "--data-root" in err

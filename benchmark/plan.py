@@ -119,7 +119,8 @@ class RunSpec:
 
 def table_names() -> list[str]:
     """The `--table` values: configs/tables/table<N>.yaml gives N, any other <name>.yaml gives name."""
-    return [name.removeprefix("table") for name in available("tables")]
+    names = [name.removeprefix("table") for name in available("tables")]
+    return sorted(names, key=lambda n: (not n.isdigit(), int(n) if n.isdigit() else 0, n))  # 1, 2, …, mtpd, tokens
 
 
 def load_table_spec(table: str | None, config_file: Path | None) -> TableSpec:

@@ -83,10 +83,11 @@ def test_cwd_normalised_by_n_times_c() -> None:
 
 
 def test_cwd_zero_iff_identical() -> None:
-    x = torch.randn(2, 3, 4, 5)
+    x = torch.randn(2, 3, 4, 5, generator=torch.Generator().manual_seed(0))
     assert cwd_loss(x, x.clone(), 4.0).item() == pytest.approx(0.0, abs=1e-6)
     assert cwd_loss(x, x + torch.randn_like(x), 4.0).item() > 1e-4
-    assert cwd_loss(x, x + 7.0, 4.0).item() == pytest.approx(0.0, abs=1e-6)  # shift-invariant per channel
+    # Shift-invariant per channel, up to float32 rounding of x + 7 (then × τ² = 16).
+    assert cwd_loss(x, x + 7.0, 4.0).item() == pytest.approx(0.0, abs=1e-5)
 
 
 # SKD: 1×2×2×3 student / 1×3×2×3 teacher, 2×2 ceil-mode pooling gives N = 2 nodes (cols 0-1 and col 2).

@@ -6,10 +6,7 @@ category ids. Image i of a split draws from ``SeedSequence([seed, SPLIT_CODES[sp
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ from PIL import Image
 
 from benchmark.data._coco_scene import render_coco_scene
 from benchmark.data._coco_shapes import CATEGORIES
+from benchmark.data.generated import GeneratedSpec, ensure_generated
 from benchmark.progress import progress as progress_bar
 
 GENERATOR_VERSION: int = 1
@@ -25,7 +23,7 @@ JPEG_QUALITY = 90
 
 
 @dataclass(frozen=True)
-class CocoSynthSpec:
+class CocoSynthSpec(GeneratedSpec):
     """Size and seed of the embedded detection data; its name keys the cache directory."""
 
     height: int = 256
@@ -34,10 +32,8 @@ class CocoSynthSpec:
     n_val: int = 200
     seed: int = 0
 
-    @property
-    def name(self) -> str:
-        return (f"synth-coco-v{GENERATOR_VERSION}-{self.height}x{self.width}-{self.n_train}-{self.n_val}"
-                f"-s{self.seed}")
+    kind = "synth-coco"
+    version = GENERATOR_VERSION
 
 
 def scene_rng(seed: int, split: str, index: int) -> np.random.Generator:
@@ -77,22 +73,9 @@ def _write_split(spec: CocoSynthSpec, split: str, n: int, root: Path, progress: 
 
 def ensure_synthetic_coco(spec: CocoSynthSpec, cache_dir: Path, progress: bool = True) -> Path:
     """Generate the dataset once into <cache_dir>/data/<spec.name> (atomically) and return that path."""
-    target = Path(cache_dir) / "data" / spec.name
-    if (target / "manifest.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=target.parent))  # all a killed run leaves
-    try:
+
+    def write(root: Path) -> None:
         for split, n in (("train", spec.n_train), ("val", spec.n_val)):
-            _write_split(spec, split, n, tmp, progress)
-        manifest = {"name": spec.name, "generator_version": GENERATOR_VERSION, "spec": asdict(spec),
-                    "counts": {"train": spec.n_train, "val": spec.n_val}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep its copy
-            if not (target / "manifest.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+            _write_split(spec, split, n, root, progress)
+
+    return ensure_generated(spec, cache_dir, write)

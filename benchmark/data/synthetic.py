@@ -4,17 +4,14 @@ Cityscapes on-disk layout. Image i of a split draws from ``SeedSequence([seed, S
 
 from __future__ import annotations
 
-import json
-import os
-import shutil
-import tempfile
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
 from benchmark.data._street import StreetScene
+from benchmark.data.generated import GeneratedSpec, ensure_generated
 from benchmark.progress import progress as progress_bar
 
 GENERATOR_VERSION: int = 1
@@ -26,8 +23,8 @@ SPLIT_CODES = {"train": 0, "val": 1}  # benchmark.data.pretrain_set uses 2, so i
 
 
 @dataclass(frozen=True)
-class SyntheticSpec:
-    """Size and seed of the embedded dataset; its name keys the cache directory."""
+class SyntheticSpec(GeneratedSpec):
+    """Size and seed of the embedded segmentation data; its name keys the cache directory."""
 
     height: int = 128
     width: int = 256
@@ -35,10 +32,8 @@ class SyntheticSpec:
     n_val: int = 200
     seed: int = 0
 
-    @property
-    def name(self) -> str:
-        return (f"synth-cityscapes-v{GENERATOR_VERSION}-{self.height}x{self.width}-{self.n_train}-{self.n_val}"
-                f"-s{self.seed}")
+    kind = "synth-cityscapes"
+    version = GENERATOR_VERSION
 
 
 def render_scene(rng: np.random.Generator, height: int, width: int) -> tuple[np.ndarray, np.ndarray]:
@@ -60,28 +55,15 @@ def image_stem(split: str, index: int) -> tuple[str, str]:
 
 def ensure_synthetic_cityscapes(spec: SyntheticSpec, cache_dir: Path, progress: bool = True) -> Path:
     """Generate the dataset once into <cache_dir>/data/<spec.name> (atomically) and return that path."""
-    target = Path(cache_dir) / "data" / spec.name
-    if (target / "manifest.json").is_file():
-        return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{spec.name}.tmp-", dir=target.parent))  # all a killed run leaves
-    try:
+
+    def write(root: Path) -> None:
         jobs = [(split, i) for split, n in (("train", spec.n_train), ("val", spec.n_val)) for i in range(n)]
         for split, i in progress_bar(jobs, desc=f"generating {spec.name}", unit="img", disable=not progress):
             rgb, lab = render_scene(scene_rng(spec.seed, SPLIT_CODES[split], i), spec.height, spec.width)
             city, stem = image_stem(split, i)
             for arr, folder, suffix in ((rgb, "leftImg8bit", "leftImg8bit"), (lab, "gtFine", "gtFine_labelIds")):
-                out = tmp / folder / split / city
+                out = root / folder / split / city
                 out.mkdir(parents=True, exist_ok=True)
                 Image.fromarray(arr).save(out / f"{stem}_{suffix}.png", compress_level=1)
-        manifest = {"name": spec.name, "generator_version": GENERATOR_VERSION, "spec": asdict(spec),
-                    "counts": {"train": spec.n_train, "val": spec.n_val}}
-        (tmp / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        try:
-            os.replace(tmp, target)
-        except OSError:  # another process finished first: keep its copy
-            if not (target / "manifest.json").is_file():
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
+
+    return ensure_generated(spec, cache_dir, write)

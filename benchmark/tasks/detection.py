@@ -76,7 +76,11 @@ class DetectionTask(Task):
         load_detector_backbone_weights(model, source)
 
     def teacher_forward(self, model: nn.Module, inputs: list[torch.Tensor]) -> Any:
-        """Only the transform, backbone and neck: the taps are FPN levels (no proposals, no NMS)."""
+        """Only the transform, backbone and neck: the taps are FPN levels (no proposals, no NMS, no heads).
+
+        A method that needs a teacher head runs it itself on these tapped levels, and only the branch it needs
+        (``maskd_det`` regression KD: the RetinaNet regression head, or the Faster R-CNN box head on the student's
+        RoIs), so plain feature distillation never pays for the teacher's heads."""
         return detector_features(model, inputs)
 
     def collate(self, samples: list[Any]) -> tuple[list[torch.Tensor], list[dict]]:

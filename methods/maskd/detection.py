@@ -44,15 +44,50 @@ Two phases, as in the official code (hunto/MasKD ``mmdetection/{maskd.py, maskd_
    L = λ1 Σ_levels mean_n Σ_k w_{n,k} L_{n,k}; λ1 = ``weight`` (Faster R-CNN 1, RetinaNet 7 in both configs but
    5 in paper A.5, FCOS 10, RepPoints 10).
 
+**Regression KD** (paper eq. 10; kd_reference §1.3 "Regression KD", §8.5), option ``reg_kd`` (default on, as
+the official Faster R-CNN and RetinaNet configs ``mmrazor/configs/distill/maskd/{fpn_r101-fpn_r50,
+retinanet_r101-retinanet_r50}_coco.py``), term ``loss_maskd_reg`` = λ2 · L_reg with λ2 = ``reg_weight`` (1).
+Classification KD is left out, as in the paper. Table 4 and Table 7 are feature KD only
+(kd_reference §1.5), so their rows need ``reg_kd: false``.
+
+* Two-stage (Faster R-CNN). The teacher's box head runs on the **student's** sampled RoIs (the 512 per image,
+  positives and negatives, GT boxes added, that the student's ``roi_heads`` sampled this step): official
+  ``modules_with_student_inputs`` copies the student's ``bbox_roi_extractor`` input 1 into the teacher's. Here
+  the student's ``roi_heads.box_roi_pool`` input 1 is tapped (``reg_rois``, packed K×5 in RoI format) and so is
+  its ``box_predictor`` output 1 (``reg_deltas``, K×4C encoded deltas); the method runs the teacher's
+  ``box_roi_pool`` → ``box_head`` → ``box_predictor`` on the teacher's tapped FPN levels under no_grad.
+  L_reg = SmoothL1(β = 1, mean over elements) between the two delta tensors (official ``mmdet.SmoothL1Loss``
+  on ``roi_head.bbox_head.fc_reg``). Layouts: mmdet's class-specific ``fc_reg`` has 4 outputs per
+  *foreground* class (80 × 4) and compares them all; torchvision's predictor has 4 per class *including the
+  background* (C = K + 1), whose deltas no loss ever trains. Its first 4 columns are dropped, so the compared
+  tensor is exactly mmdet's (K × 4 per RoI) and the mean runs over its elements. Both encodings scale deltas the
+  same way (torchvision ``BoxCoder`` weights 10, 10, 5, 5 = mmdet ``target_stds`` 0.1, 0.1, 0.2, 0.2).
+* RetinaNet. L1 between the student's and the teacher's regression-head outputs (official ``mmdet.L1Loss`` on
+  ``bbox_head.retina_reg``). mmrazor records that conv once per level and adds one mean loss per call
+  (``SingleTeacherDistiller.compute_distill_loss``: ``loss_kd_reg_head.<i>``), so L_reg = Σ_levels mean |s_l − t_l|,
+  each mean over the level's N·H_l·W_l·A·4 elements. torchvision's ``RetinaNetRegressionHead`` returns one
+  N×(Σ_l H_l W_l A)×4 tensor, level after level, so it is split by the per-level counts H_l·W_l·A_l (FPN level
+  sizes × ``anchor_generator.num_anchors_per_location()``). The student's output is tapped as ``head`` →
+  ``bbox_regression`` (``reg_dense``); the teacher's regression head is run by the method on the teacher's
+  tapped FPN levels, so the engine's teacher forward stays transform + backbone + FPN and no teacher head runs
+  unless regression KD needs it (and then only the regression branch, never the classification one).
+* FCOS: the official config has no regression KD (although eq. 10 is stated generally), so ``reg_kd`` on with an
+  FCOS teacher is refused, as is a teacher with no regression branch the method can run.
+
+Design. The method never sees the student module, so its side comes through taps; the teacher module is first
+seen in ``stage(teacher)``, which keeps a reference outside the module tree (not in the state dict, not trained,
+moved by the engine's ``DistillationLoss`` that holds the same teacher) and checks the pair. The student taps are
+optional taps with default paths (``methods.taps``: ``name=path?``): a Faster R-CNN fires ``reg_rois`` and
+``reg_deltas``, a RetinaNet/FCOS ``reg_dense``; ``bind`` learns from the probed shapes which kind it got. With
+none bound (``bind`` called with level shapes only) there is no regression term, and a step in which the
+student's heads did not run (a backbone-only forward; never in training) has none either.
+
 Table 4 rows as options (the first four also set ``weighting: false, customization: false``): random tokens =
 ``masks: random``; L_div only = ``masks: diversity`` (or ``task_loss: false``); L_task only = ``div_weight: 0``;
 L_div + L_task = nothing more; + mask weighting = ``customization: false`` alone; + customization = defaults.
 The weighting switch acts on the distillation only (the paper lists it under "Feature distillation"), so these
 rows share one cached token stage; ``weighting`` needs weights that were trained, i.e. learned masks with
 the task loss and ``stage_weighting``.
-
-Regression KD (paper eq. 10: two-stage teacher box head on the student's RoIs, RetinaNet on ``retina_reg``, none
-for FCOS) is **not** part of this method; it will be added separately. This module is the feature term only.
 """
 
 from __future__ import annotations
@@ -65,6 +100,8 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
+from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
 
 from benchmark.engine.task_loss import TaskLoss
 from benchmark.errors import UserError
@@ -80,6 +117,12 @@ from methods.registry import register_method
 METHOD = "maskd_det"
 MASK_SOURCES = ("learned", "diversity", "random")
 STAGE_EVALS = ("union", "official")
+# Regression KD taps on the student (optional, default paths; see methods.taps): two-stage RoIs and deltas, or the
+# dense (one-stage) regression output.
+REG_ROIS, REG_DELTAS, REG_DENSE = "reg_rois", "reg_deltas", "reg_dense"
+REG_TAPS = (f"{REG_ROIS}=roi_heads.box_roi_pool<1?", f"{REG_DELTAS}=roi_heads.box_predictor:1?",
+            f"{REG_DENSE}=head:bbox_regression?")
+NO_REG_KD = "set reg_kd: false"
 
 
 def _fp32_masks(feat: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
@@ -256,6 +299,9 @@ class MasKDDetection(Distiller):
         stage_momentum: float | None = 0.9
         stage_weight_decay: float | None = 1e-4
         stage_lr_floor: float | None = 1e-6
+        # Regression KD (eq. 10): Faster R-CNN and RetinaNet configs have it (λ2 = 1); FCOS has none (set false).
+        reg_kd: bool = True
+        reg_weight: float = 1.0  # λ2
 
     def __init__(self, options: Options) -> None:
         super().__init__(options)
@@ -266,6 +312,14 @@ class MasKDDetection(Distiller):
         self.token_sets = nn.ModuleDict()
         self.register_buffer("custom_steps", torch.zeros((), dtype=torch.long))
         self._steps: int | None = None  # Python mirror of custom_steps: no device sync per step
+        if options.reg_kd:
+            self.student_taps = REG_TAPS
+        self.reg_kind: str | None = None  # "two_stage" | "dense" | None (no regression taps bound)
+        self._reg_shapes: dict[str, torch.Size] = {}
+        self._level_sizes: list[tuple[int, int]] = []  # probed FPN level sizes (dense per-level counts)
+        self._pool_keys: dict[str, str] = {}  # level tap → teacher FPN key (two-stage RoI pooling)
+        self._pool_stride = 0  # stride of the teacher pooler's first level
+        self._teacher: list[nn.Module] = []  # the frozen teacher, seen in stage(); a list keeps it unregistered
 
     # ------------------------------------------------------------------ binding and the token stage
     def bind(self, student_shapes: dict[str, torch.Size], teacher_shapes: dict[str, torch.Size]) -> None:
@@ -276,6 +330,22 @@ class MasKDDetection(Distiller):
         # `random` keeps these (the stage's starting point); otherwise `load_stage` overwrites them.
         self.token_sets = token_sets(self.levels, self.channels, self.options.num_tokens, self.options.weighting)
         self.token_sets.requires_grad_(False)
+        self.reg_kind, self._reg_shapes = None, {}
+        if self.options.reg_kd:
+            self._bind_regression(student_shapes)
+
+    def _bind_regression(self, shapes: dict[str, torch.Size]) -> None:
+        """Which regression taps the student fired in the engine's probe: two-stage RoIs + deltas, or dense."""
+        two_stage = [name for name in (REG_ROIS, REG_DELTAS) if name in shapes]
+        if len(two_stage) == 1:
+            raise UserError(f"method '{METHOD}': regression KD needs both the student's sampled RoIs and its box "
+                            f"deltas, but only {two_stage[0]!r} was recorded; check the taps, or {NO_REG_KD}.")
+        if two_stage:
+            self.reg_kind = "two_stage"
+        elif REG_DENSE in shapes:
+            self.reg_kind = "dense"
+        self._reg_shapes = {name: shapes[name] for name in (REG_ROIS, REG_DELTAS, REG_DENSE) if name in shapes}
+        self._level_sizes = [tuple(shapes[level][-2:]) for level in self.levels]
 
     def _stage_task(self) -> bool:
         return self.options.masks == "learned" and self.options.task_loss
@@ -283,6 +353,7 @@ class MasKDDetection(Distiller):
     def stage(self, teacher: nn.Module) -> Stage | None:
         if not self.levels:
             raise RuntimeError(f"{METHOD}: stage() before bind() (engine bug)")
+        self._attach_teacher(teacher)
         o = self.options
         if o.masks == "random":
             return None
@@ -336,6 +407,124 @@ class MasKDDetection(Distiller):
         """Whether masks are customised in the next forward (eq. 9): warm-up steps done."""
         return self.options.customization and self._step_count() >= self.options.custom_warmup
 
+    # ------------------------------------------------------------------ regression KD: the teacher's heads
+    def _attach_teacher(self, teacher: nn.Module) -> None:
+        """Keep the frozen teacher (unregistered) for regression KD and check that the pair supports it."""
+        self._teacher = [teacher]
+        if not self.options.reg_kd:
+            return
+        name = type(teacher).__name__
+        if isinstance(teacher, FCOS):
+            raise UserError(f"method '{METHOD}': regression KD is on, but the official FCOS config "
+                            "(mmrazor configs/distill/maskd/fcos_r101-fcos_r50_coco.py) has no regression KD "
+                            f"(kd_reference §1.3); {NO_REG_KD} for an FCOS pair.")
+        if self.reg_kind is None:
+            return  # no regression taps bound (level shapes only): nothing to distil
+        wanted = {"two_stage": FasterRCNN, "dense": RetinaNet}[self.reg_kind]
+        if not isinstance(teacher, wanted):
+            want = "a Faster R-CNN box head" if self.reg_kind == "two_stage" else "a RetinaNet regression head"
+            raise UserError(f"method '{METHOD}': regression KD is on and the student's regression output needs "
+                            f"{want} on the teacher, but the teacher ({name}) has no such regression branch "
+                            "(regression KD exists for Faster R-CNN and RetinaNet pairs of one family); "
+                            f"{NO_REG_KD}.")
+        if self.reg_kind == "two_stage":
+            width = teacher.roi_heads.box_predictor.bbox_pred.out_features
+            if self._reg_shapes[REG_DELTAS][-1] != width:
+                raise UserError(f"method '{METHOD}': the student's box predictor gives "
+                                f"{self._reg_shapes[REG_DELTAS][-1]} deltas per RoI but the teacher's {width}; "
+                                f"regression KD compares them class by class, so both need the same num_classes.")
+            self._pool_keys = _level_keys(teacher, self.levels)
+            strides = dict(zip(getattr(teacher, "fpn_levels", ()), getattr(teacher, "fpn_strides", ()), strict=True))
+            first = teacher.roi_heads.box_roi_pool.featmap_names[0]
+            if first not in strides:
+                raise UserError(f"method '{METHOD}': regression KD pools the teacher's FPN level {first!r} but the "
+                                f"teacher ({name}) publishes no stride for it (fpn_levels/fpn_strides); use a "
+                                "detector from benchmark.models.detectors.")
+            self._pool_stride = strides[first]
+        else:
+            expected = self._dense_counts(teacher, self._level_sizes)
+            if self._reg_shapes[REG_DENSE][1] != sum(expected):
+                raise UserError(f"method '{METHOD}': the student's regression output has "
+                                f"{self._reg_shapes[REG_DENSE][1]} boxes per image but the RetinaNet teacher's head "
+                                f"predicts {sum(expected)} on the same levels (anchors per location differ, or the "
+                                f"student is an FCOS, which has no regression KD); {NO_REG_KD} or pair RetinaNets.")
+
+    def _teacher_model(self) -> nn.Module:
+        if not self._teacher:
+            raise RuntimeError(f"{METHOD}: regression KD needs the teacher, which stage(teacher) hands over; "
+                               "forward() before stage() (engine bug)")
+        return self._teacher[0]
+
+    @staticmethod
+    def _dense_counts(teacher: nn.Module, sizes: list[tuple[int, int]]) -> list[int]:
+        """Rows per level of torchvision's concatenated regression output: H_l·W_l·A_l."""
+        anchors = teacher.anchor_generator.num_anchors_per_location()
+        if len(anchors) != len(sizes):
+            raise UserError(f"method '{METHOD}': the RetinaNet teacher has anchors for {len(anchors)} levels but "
+                            f"{len(sizes)} FPN levels are distilled; regression KD needs every level.")
+        return [h * w * a for (h, w), a in zip(sizes, anchors, strict=True)]
+
+    def _two_stage_reg(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+        """SmoothL1(β=1, mean) between the student's deltas and the teacher box head's on the student's RoIs."""
+        model = self._teacher_model()
+        heads = model.roi_heads
+        rois, deltas = student[REG_ROIS].detach(), student[REG_DELTAS]
+        features = OrderedDict((self._pool_keys[level], teacher[level]) for level in self.levels)
+        missing = [key for key in heads.box_roi_pool.featmap_names if key not in features]
+        if missing:
+            raise UserError(f"method '{METHOD}': the teacher's RoI pooler reads FPN levels {missing} that are not "
+                            f"distilled ({list(features)}); regression KD needs them, or {NO_REG_KD}.")
+        first = features[heads.box_roi_pool.featmap_names[0]]
+        num_images = first.shape[0]
+        boxes = [rois[rois[:, 0] == i, 1:] for i in range(num_images)]
+        # Only the scale inference of torchvision's pooler reads image shapes (ratio to the feature size, rounded
+        # to a power of 2): the padded input size, level size × stride, gives the exact scales.
+        image_shapes = [(first.shape[-2] * self._pool_stride, first.shape[-1] * self._pool_stride)] * num_images
+        with torch.no_grad():
+            target = heads.box_predictor(heads.box_head(heads.box_roi_pool(features, boxes, image_shapes)))[1]
+        if target.shape != deltas.shape:
+            raise UserError(f"method '{METHOD}': the teacher's box deltas {tuple(target.shape)} do not match the "
+                            f"student's {tuple(deltas.shape)} on the same RoIs (different num_classes?).")
+        # Drop the background class's 4 deltas (untrained in torchvision; mmdet's fc_reg has no background).
+        student_fg, teacher_fg = deltas[:, 4:], target[:, 4:]
+        if student_fg.numel() == 0:
+            return deltas.sum() * 0.0
+        with torch.autocast(deltas.device.type, enabled=False):
+            return F.smooth_l1_loss(student_fg.float(), teacher_fg.float(), beta=1.0)
+
+    def _dense_reg(self, student: dict[str, torch.Tensor], teacher: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Σ_levels mean |s_l − t_l| between the student's and the teacher's RetinaNet regression outputs."""
+        model = self._teacher_model()
+        prediction = student[REG_DENSE]
+        maps = [teacher[level] for level in self.levels]
+        with torch.no_grad():
+            target = model.head.regression_head(maps)
+        if target.shape != prediction.shape:
+            raise UserError(f"method '{METHOD}': the teacher's regression output {tuple(target.shape)} does not "
+                            f"match the student's {tuple(prediction.shape)}; pair RetinaNets with the same anchors "
+                            f"and input size, or {NO_REG_KD}.")
+        counts = self._dense_counts(model, [tuple(m.shape[-2:]) for m in maps])
+        total = prediction.new_zeros((), dtype=torch.float32)
+        with torch.autocast(prediction.device.type, enabled=False):
+            for s, t in zip(prediction.split(counts, dim=1), target.split(counts, dim=1), strict=True):
+                total = total + F.l1_loss(s.float(), t.float())
+        return total
+
+    def regression_loss(self, student: dict[str, torch.Tensor],
+                        teacher: dict[str, torch.Tensor]) -> torch.Tensor | None:
+        """L_reg (unweighted), or None when no regression taps are bound or the student's heads did not run."""
+        if not self.options.reg_kd or self.reg_kind is None:
+            return None
+        names = (REG_ROIS, REG_DELTAS) if self.reg_kind == "two_stage" else (REG_DENSE,)
+        fired = [name in student for name in names]
+        if not any(fired):
+            return None  # a backbone-only student forward (a training step always runs the heads)
+        if not all(fired):
+            raise UserError(f"method '{METHOD}': of the regression taps {list(names)} only "
+                            f"{[n for n, f in zip(names, fired, strict=True) if f]} fired in this step.")
+        return self._two_stage_reg(student, teacher) if self.reg_kind == "two_stage" else self._dense_reg(
+            student, teacher)
+
     # ------------------------------------------------------------------ distillation
     def forward(self, batch: Batch, student: dict[str, torch.Tensor],
                 teacher: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -354,7 +543,11 @@ class MasKDDetection(Distiller):
                 weights = tokens.weights(target) if self.options.weighting else None
             with torch.autocast(aligned.device.type, enabled=False):  # fp32 sums (no-op casts in fp32 runs)
                 total = total + masked_feature_loss(aligned.float(), target.float(), masks, weights)
-        return {"loss_maskd": self.options.weight * total}
+        losses = {"loss_maskd": self.options.weight * total}
+        reg = self.regression_loss(student, teacher)
+        if reg is not None:
+            losses["loss_maskd_reg"] = self.options.reg_weight * reg
+        return losses
 
 
 def _validate(o: MasKDDetection.Options) -> None:
@@ -364,6 +557,8 @@ def _validate(o: MasKDDetection.Options) -> None:
                         "segmentation ablation; the paper has no detection GT-box variant).")
     if o.stage_eval not in STAGE_EVALS:
         raise UserError(f"method '{METHOD}': option stage_eval={o.stage_eval!r} is not one of {STAGE_EVALS}.")
+    if not o.reg_weight >= 0:
+        raise UserError(f"method '{METHOD}': reg_weight (λ2) must be ≥ 0, got {o.reg_weight}.")
     if o.num_tokens < 1 or o.custom_warmup < 0:
         raise UserError(f"method '{METHOD}': num_tokens must be ≥ 1 and custom_warmup ≥ 0, got "
                         f"{o.num_tokens} and {o.custom_warmup}.")

@@ -202,3 +202,14 @@ def test_backbone_weights_files(tmp_path: Path, models: dict[str, nn.Module]) ->
                           ("r18.pth", r"do not fit .*shape mismatch"), ("deep.pth", "deep \\(v1s\\) stem")):
         with pytest.raises(UserError, match=message):
             load_detector_backbone_weights(target, tmp_path / file)
+
+
+def test_anchor_scale_shrinks_the_default_anchors() -> None:
+    faster = build_detector("faster_rcnn_r50", 4, min_size=64, max_size=64, anchor_scale=0.5)
+    assert faster.rpn.anchor_generator.sizes == ((16,), (32,), (64,), (128,), (256,))
+    retina = build_detector("retinanet_r50", 4, min_size=64, max_size=64, anchor_scale=0.5)
+    assert retina.anchor_generator.sizes[0] == (16, 20, 25) and retina.anchor_generator.sizes[-1] == (256, 322, 406)
+    default = build_detector("retinanet_r50", 4, min_size=64, max_size=64)
+    assert default.anchor_generator.sizes[0] == (32, 40, 50)  # torchvision's own default, unchanged
+    with pytest.raises(UserError, match="anchor_scale must be positive"):
+        build_detector("faster_rcnn_r50", 4, min_size=64, max_size=64, anchor_scale=0.0)

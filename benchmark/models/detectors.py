@@ -73,6 +73,7 @@ import torch
 from torch import nn
 from torchvision.models import resnet50, resnet101, resnext101_64x4d
 from torchvision.models.detection import FCOS, FasterRCNN, RetinaNet
+from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
@@ -138,6 +139,7 @@ def build_detector(
     pretrained_backbone: Path | Mapping[str, torch.Tensor] | None = None,
     trainable_layers: int = 5,
     norm: str = "bn",
+    anchor_scale: float = 1.0,
     **detector_kwargs: Any,
 ) -> nn.Module:
     """Build a registered detector (a bare torchvision model with ``tap_points`` and level attributes).
@@ -148,6 +150,9 @@ def build_detector(
     mapping) in torchvision's ResNet layout, loaded as ``load_detector_backbone_weights`` does.
     ``trainable_layers`` (0–5) counts ResNet stages from ``layer4`` down, 5 = all. ``norm`` "bn" (default,
     see the module docstring) or "frozen" (``FrozenBatchNorm2d``, needs ``pretrained_backbone``).
+    ``anchor_scale`` multiplies torchvision's default anchor sizes (Faster R-CNN 32–512, RetinaNet 32–512 with 3
+    octave scales; FCOS has point anchors and ignores it): small images with small objects need e.g. 0.5, or
+    the RPN finds no positive anchor for most objects.
     ``detector_kwargs`` go to the torchvision class (e.g. ``box_detections_per_img``, ``score_thresh``).
     Extra attributes: ``family``, ``fpn_levels``, ``fpn_strides``, ``tap_points``.
     """
@@ -175,6 +180,11 @@ def build_detector(
     extra = {None: LastLevelMaxPool(), "c5": LastLevelP6P7(c5, FPN_CHANNELS),
              "p5": LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS)}[family["p6_from"]]
     backbone = _resnet_fpn_extractor(resnet, int(trainable_layers), list(family["stages"]), extra)
+    if not anchor_scale > 0:
+        raise UserError(f"anchor_scale must be positive, got {anchor_scale!r}")
+    if anchor_scale != 1.0 and spec["family"] != "fcos":
+        key = "rpn_anchor_generator" if spec["family"] == "faster_rcnn" else "anchor_generator"
+        detector_kwargs[key] = _scaled_anchors(spec["family"], anchor_scale)
     model = _CLASSES[spec["family"]](backbone, num_classes, min_size=sizes, max_size=max_size, **detector_kwargs)
     model.family = spec["family"]
     model.fpn_levels = family["levels"]
@@ -183,6 +193,14 @@ def build_detector(
     if pretrained_backbone is not None:
         load_detector_backbone_weights(model, pretrained_backbone)
     return model
+
+
+def _scaled_anchors(family: str, scale: float) -> AnchorGenerator:
+    """torchvision's default anchor generator of `family` with every size multiplied by `scale`."""
+    bases = (32, 64, 128, 256, 512)
+    octaves = (1.0,) if family == "faster_rcnn" else (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # RetinaNet: 3 scales
+    sizes = tuple(tuple(max(1, int(b * o * scale)) for o in octaves) for b in bases)
+    return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(bases))
 
 
 def _tap_points(family: str) -> dict[str, str]:

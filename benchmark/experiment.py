@@ -21,14 +21,14 @@ from benchmark.engine.cache import cache_entry
 from benchmark.engine.checkpoint import load_checkpoint, load_state_strict
 from benchmark.engine.distill import DistillationLoss
 from benchmark.engine.pretrain import file_digest, pretrained_backbone_state
-from benchmark.engine.task_loss import SegmentationLoss, TrainUnit
+from benchmark.engine.task_loss import TrainUnit
 from benchmark.engine.trainer import Trainer, TrainResult
 from benchmark.errors import UserError
 from benchmark.export import student_state
 from benchmark.ledger import Ledger, experiment_key
 from benchmark.models import count_params_m
 from benchmark.plan import BASELINE, RowSpec, RunSpec
-from benchmark.tasks import DetectionLoss, Task
+from benchmark.tasks import Task
 from methods import Stage, build_method
 
 
@@ -110,8 +110,7 @@ def _train(spec: RunSpec, session: Session, run_dir: Path,
     if spec.method_name != BASELINE:
         assert teacher is not None
         extra = _distiller(spec, session, model, copy.deepcopy(teacher))
-    task_loss = DetectionLoss() if session.task.name == "detection" else SegmentationLoss(spec.schedule.aux_weight)
-    unit = TrainUnit(model, task_loss, extra)
+    unit = TrainUnit(model, session.task.task_loss(spec.schedule), extra)
     result = _fit(unit, spec.schedule, session, run_dir, spec.seed, spec.name)
     if extra is not None and extra.teacher_cache is not None and dist.is_main():
         extra.teacher_cache.save()

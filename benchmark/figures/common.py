@@ -5,7 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,21 +91,25 @@ class ValSamples:
     names: list[str]
 
 
-def data_root(record: TeacherRecord, cache_dir: Path, override: Path | None = None) -> Path:
-    """The teacher's data: `--data-root` if given, else the embedded dataset `<cache>/data/<data id>/`."""
+def data_root(record: TeacherRecord, cache_dir: Path, override: Path | None = None,
+              fingerprint: Callable[[Path], str] = data_fingerprint, real: str = "Cityscapes (--data-root)",
+              hint: str = TEACHER_HINT) -> Path:
+    """The teacher's data: `override` (`--data-root`-style option) if given, else the embedded dataset
+    `<cache>/data/<data id>/`. `fingerprint` names a user root (to warn when it is not the teacher's data);
+    `real` and `hint` word the error (detection figures pass the COCO ones)."""
     data_id = record.config.get("data", {}).get("id", "?")
     if override is not None:
         root = Path(override).expanduser()
-        found = data_fingerprint(root) if root.is_dir() else None
+        found = fingerprint(root) if root.is_dir() else None
         if found is not None and found != data_id:
-            print(f"warning: --data-root {root} has fingerprint {found} but teacher {record.key} was trained on "
+            print(f"warning: data root {root} has fingerprint {found} but teacher {record.key} was trained on "
                   f"{data_id}.", file=sys.stderr)
         return root
     root = Path(cache_dir) / "data" / data_id
     if not root.is_dir():
-        raise UserError(f"the val images of teacher {record.key} (data {data_id}) are not at {root}; pass "
-                        "--data-root CITYSCAPES if it was trained on real Cityscapes, or regenerate the embedded "
-                        f"data: {TEACHER_HINT.removeprefix('run ')}.")
+        raise UserError(f"the val images of teacher {record.key} (data {data_id}) are not at {root}; pass the "
+                        f"data root of {real} if it was trained on real data, or regenerate the embedded data: "
+                        f"{hint.removeprefix('run ')}.")
     return root
 
 

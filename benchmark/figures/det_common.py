@@ -20,7 +20,6 @@ image's padding, never a batch neighbour's).
 from __future__ import annotations
 
 import math
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -35,6 +34,7 @@ from benchmark.data.coco import CocoDetection, coco_fingerprint
 from benchmark.engine.checkpoint import load_state_strict
 from benchmark.errors import UserError
 from benchmark.figures.caches import CachedRecord, TeacherRecord, _finished, list_teachers
+from benchmark.figures.common import data_root
 from benchmark.models.detectors import DETECTORS, detector_features
 from benchmark.tasks import DetectionTask
 from methods.maskd.detection import MaskedDetectorTeacher
@@ -183,20 +183,7 @@ def describe_det_cache(cache_dir: Path) -> str:
 # ---------------------------------------------------------------------------------------------- models and data
 def det_data_root(teacher: DetTeacherRecord, cache_dir: Path, override: Path | None = None) -> Path:
     """The teacher's COCO-format data: `--det-data-root` if given, else `<cache>/data/<data id>/`."""
-    data_id = teacher.config.get("data", {}).get("id", "?")
-    if override is not None:
-        root = Path(override).expanduser()
-        found = coco_fingerprint(root) if root.is_dir() else None
-        if found is not None and found != data_id:
-            print(f"warning: --det-data-root {root} has fingerprint {found} but teacher {teacher.key} was trained "
-                  f"on {data_id}.", file=sys.stderr)
-        return root
-    root = Path(cache_dir) / "data" / data_id
-    if not root.is_dir():
-        raise UserError(f"the val images of detection teacher {teacher.key} (data {data_id}) are not at {root}; "
-                        "pass --det-data-root COCO if it was trained on real COCO, or regenerate the embedded data: "
-                        f"{DET_HINT.removeprefix('run ')}.")
-    return root
+    return data_root(teacher, cache_dir, override, coco_fingerprint, "COCO (--det-data-root)", DET_HINT)
 
 
 def load_det_teacher(teacher: DetTeacherRecord, class_names: tuple[str, ...],

@@ -10,8 +10,9 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
-from benchmark.config import Preset
+from benchmark.config import Preset, ScheduleConfig
 from benchmark.engine import dist
+from benchmark.engine.task_loss import TaskLoss
 
 
 def val_batches(val_set: Dataset, batch_size: int, collate: Any = None) -> DataLoader:
@@ -43,6 +44,10 @@ class Task(ABC):
     @abstractmethod
     def load_backbone(self, model: nn.Module, source: Path | dict[str, torch.Tensor]) -> None:
         """Load pretrained backbone weights (a user file or a stand-in state dict) into `model`."""
+
+    @abstractmethod
+    def task_loss(self, schedule: ScheduleConfig) -> TaskLoss:
+        """The student's own loss for a run with this schedule."""
 
     def teacher_forward(self, model: nn.Module, inputs: Any) -> Any:
         """How a frozen teacher runs on a batch for distillation (default: the whole model)."""

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from benchmark.config import Preset
+from benchmark.config import Preset, ScheduleConfig
 from benchmark.data.coco import CocoDetection, collate
 from benchmark.engine import dist
 from benchmark.engine.coco_eval import METRICS, coco_bbox_metrics, detections_to_coco
@@ -68,6 +68,9 @@ class DetectionTask(Task):
         family = DETECTORS[name]["family"] if name in DETECTORS else None
         return build_detector(name, num_classes=len(self.class_names) + 1, min_size=min(height, width),
                               max_size=max(height, width), **preset.model.detector.get(family, {}))
+
+    def task_loss(self, schedule: ScheduleConfig) -> TaskLoss:
+        return DetectionLoss()
 
     def backbone_of(self, name: str) -> str:
         return BACKBONE_OF[name]

@@ -10,10 +10,11 @@ import torch
 from torch import nn
 from torch.utils.data import Dataset
 
-from benchmark.config import Preset
+from benchmark.config import Preset, ScheduleConfig
 from benchmark.data.cityscapes import CITYSCAPES_CLASSES
 from benchmark.engine.evaluate import evaluate
 from benchmark.engine.pretrain import load_into
+from benchmark.engine.task_loss import SegmentationLoss, TaskLoss
 from benchmark.models import BACKBONE_OF, build_segmentor
 from benchmark.tasks.base import Task, val_batches
 
@@ -35,6 +36,9 @@ class SegmentationTask(Task):
         arch = preset.model
         return build_segmentor(name, num_classes=len(self.class_names), output_stride=arch.output_stride,
                                aspp_rates=arch.aspp_rates)
+
+    def task_loss(self, schedule: ScheduleConfig) -> TaskLoss:
+        return SegmentationLoss(schedule.aux_weight)
 
     def backbone_of(self, name: str) -> str:
         return BACKBONE_OF[name]

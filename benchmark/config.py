@@ -49,9 +49,17 @@ class ModelConfig:
     detector: dict[str, Any] = field(default_factory=dict)
 
 
+OPTIMIZERS = ("sgd", "adam", "adamw")
+LR_DECAYS = ("poly", "cosine")
+
+
 @dataclass(frozen=True)
 class ScheduleConfig:
-    """SGD + poly LR with the official floor: lr = floor + (lr0 - floor)(1 - it/max)^power."""
+    """SGD + poly LR with the official floor: lr = floor + (lr0 - floor)(1 - it/max)^power.
+
+    ``optimizer`` "adam"/"adamw" and ``lr_decay`` "cosine" (to ``lr_floor``) serve the detection token stages
+    (official RetinaNet/FCOS: Adam lr 0.01, wd 1e-3, cosine to 1e-6); Adam ignores ``momentum``.
+    """
 
     steps: int = 1000
     batch_size: int = 8
@@ -65,6 +73,13 @@ class ScheduleConfig:
     warmup_steps: int = 0
     warmup_ratio: float = 0.001
     clip_grad_norm: float | None = None
+    optimizer: str = "sgd"  # sgd | adam | adamw
+    lr_decay: str = "poly"  # poly | cosine
+
+    def __post_init__(self) -> None:
+        for key, valid in (("optimizer", OPTIMIZERS), ("lr_decay", LR_DECAYS)):
+            if getattr(self, key) not in valid:
+                raise UserError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}.")
 
 
 @dataclass(frozen=True)
@@ -110,7 +125,8 @@ class Preset:
 NON_SEMANTIC = {"name", "description", "workers", "log_every", "checkpoint_every", "tensorboard",
                 "eval_batch_size"}
 # Fields added after the first release hash into keys only when switched on, so earlier runs keep their keys.
-ADDED_LATER = {"warmup_steps": 0, "warmup_ratio": 0.001, "clip_grad_norm": None, "detector": {}}
+ADDED_LATER = {"warmup_steps": 0, "warmup_ratio": 0.001, "clip_grad_norm": None, "detector": {},
+               "optimizer": "sgd", "lr_decay": "poly"}
 TASKS = ("seg", "det")
 
 

@@ -13,7 +13,7 @@ from benchmark.engine.checkpoint import atomic_torch_save, load_checkpoint
 from benchmark.engine.evaluate import ConfusionMatrix
 from benchmark.engine.sampler import StepBatchSampler
 from benchmark.engine.task_loss import ExtraLoss, SegmentationLoss, TrainUnit
-from benchmark.engine.trainer import NonFiniteLossError, Trainer, poly_factor
+from benchmark.engine.trainer import NonFiniteLossError, Trainer, build_optimizer, lr_factor
 from benchmark.errors import UserError
 from benchmark.tasks import SegmentationTask
 from tests.conftest import CLASSES4, RandomSegData, TinySegmenter
@@ -21,9 +21,25 @@ from tests.conftest import CLASSES4, RandomSegData, TinySegmenter
 
 def test_poly_lr_has_the_official_floor() -> None:
     schedule = ScheduleConfig(steps=100, lr=0.02, lr_floor=1e-4, poly_power=0.9)
-    assert poly_factor(0, schedule) == pytest.approx(1.0)
-    assert poly_factor(50, schedule) == pytest.approx(0.5382072976, rel=1e-8)
-    assert poly_factor(100, schedule) * 0.02 == pytest.approx(1e-4)
+    assert lr_factor(0, schedule) == pytest.approx(1.0)
+    assert lr_factor(50, schedule) == pytest.approx(0.5382072976, rel=1e-8)
+    assert lr_factor(100, schedule) * 0.02 == pytest.approx(1e-4)
+
+
+def test_cosine_lr_and_adam_for_token_stages() -> None:
+    """mmcv CosineAnnealing to min_lr: lr = floor + (lr0 - floor)(1 + cos(pi t/T))/2; Adam ignores momentum."""
+    schedule = ScheduleConfig(steps=100, lr=0.01, lr_floor=1e-6, lr_decay="cosine", optimizer="adam",
+                              weight_decay=1e-3)
+    assert lr_factor(0, schedule) == pytest.approx(1.0)
+    assert lr_factor(50, schedule) * 0.01 == pytest.approx(1e-6 + (0.01 - 1e-6) * 0.5)
+    assert lr_factor(25, schedule) * 0.01 == pytest.approx(1e-6 + (0.01 - 1e-6) * (1 + 2 ** -0.5) / 2)
+    assert lr_factor(100, schedule) * 0.01 == pytest.approx(1e-6)
+    optimizer = build_optimizer([{"params": [torch.nn.Parameter(torch.zeros(2))], "lr": 0.01}], schedule)
+    assert isinstance(optimizer, torch.optim.Adam) and optimizer.defaults["weight_decay"] == 1e-3
+    with pytest.raises(UserError, match="unknown optimizer 'adm'; valid: sgd, adam, adamw"):
+        ScheduleConfig(optimizer="adm")
+    with pytest.raises(UserError, match="unknown lr_decay"):
+        ScheduleConfig(lr_decay="step")
 
 
 def test_sampler_is_deterministic_resumable_and_sharded() -> None:

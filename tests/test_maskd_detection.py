@@ -363,11 +363,17 @@ def test_table4_rows_map_to_stages() -> None:
     assert full.config == stage_of(**ablation).config == stage_of(customization=False).config  # shared tokens
     assert full.config["weighting"] is True and full.config["levels"] == LEVELS
     json.dumps(full.config)  # hashed into the cache key
-    assert full.schedule == {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_floor": 1e-6}
+    assert full.schedule == {"lr": 0.1, "momentum": 0.9, "weight_decay": 1e-4, "lr_floor": 1e-6,
+                             "optimizer": "sgd", "lr_decay": "cosine"}
     merged = merge(ScheduleConfig(steps=4, batch_size=2, lr=0.5, weight_decay=1e-3), full.schedule)
     assert (merged.steps, merged.lr, merged.weight_decay, merged.lr_floor) == (4, 0.1, 1e-4, 1e-6)
-    preset_only = stage_of(stage_lr=None, stage_momentum=None, stage_weight_decay=None, stage_lr_floor=None)
+    assert (merged.optimizer, merged.lr_decay) == ("sgd", "cosine")
+    preset_only = stage_of(stage_lr=None, stage_momentum=None, stage_weight_decay=None, stage_lr_floor=None,
+                           stage_optimizer=None, stage_lr_decay=None)
     assert preset_only.schedule == {}
+    adam = stage_of(stage_optimizer="adam", stage_lr=0.01, stage_weight_decay=1e-3)  # RetinaNet/FCOS blocks
+    assert merge(ScheduleConfig(), adam.schedule).optimizer == "adam"
+    assert stage_of(**ablation).config == stage_of(stage_optimizer="adam", **ablation).config  # key via schedule
     assert stage_of(num_tokens=2).config["num_tokens"] == 2
 
 

@@ -1,5 +1,5 @@
-"""The training loop: poly SGD (optional warm-up and gradient clipping), AMP + channels_last on CUDA, atomic
-checkpoints, exact resume, NaN guard.
+"""The training loop: SGD (or Adam) with poly or cosine decay, optional warm-up and gradient clipping, AMP +
+channels_last on CUDA, atomic checkpoints, exact resume, NaN guard.
 
 Knows nothing about distillation: it trains a `TrainUnit` (student + loss modules) whose forward
 returns named loss terms, sums them, logs each one and evaluates the student at the end.
@@ -42,14 +42,28 @@ class TrainResult:
     eval_s: float
 
 
-def poly_factor(step: int, schedule: ScheduleConfig) -> float:
-    """lr(step)/lr0 for lr = floor + (lr0 - floor)(1 - step/max)^power (the official MasKD floor), times a
-    linear warm-up from `warmup_ratio` to 1 over the first `warmup_steps` steps (mmdet's 'linear' warm-up)."""
+def lr_factor(step: int, schedule: ScheduleConfig) -> float:
+    """lr(step)/lr0 for lr = floor + (lr0 - floor)(1 - step/max)^power (the official MasKD floor), or
+    floor + (lr0 - floor)(1 + cos(π step/max))/2 with ``lr_decay: cosine`` (mmcv's CosineAnnealing to min_lr),
+    times a linear warm-up from `warmup_ratio` to 1 over the first `warmup_steps` steps (mmdet's 'linear')."""
     lr0, floor = schedule.lr, min(schedule.lr_floor, schedule.lr)
-    lr = floor + (lr0 - floor) * (1 - step / schedule.steps) ** schedule.poly_power
+    progress = min(step / schedule.steps, 1.0)
+    if schedule.lr_decay == "cosine":
+        decay = (1 + math.cos(math.pi * progress)) / 2
+    else:
+        decay = (1 - progress) ** schedule.poly_power
+    lr = floor + (lr0 - floor) * decay
     if step < schedule.warmup_steps:
         lr *= schedule.warmup_ratio + (1 - schedule.warmup_ratio) * step / schedule.warmup_steps
     return lr / lr0
+
+
+def build_optimizer(groups: list[dict[str, Any]], schedule: ScheduleConfig) -> torch.optim.Optimizer:
+    """The schedule's optimizer over parameter groups (SGD with momentum; Adam/AdamW with default betas)."""
+    if schedule.optimizer == "sgd":
+        return torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum, weight_decay=schedule.weight_decay)
+    adam = torch.optim.Adam if schedule.optimizer == "adam" else torch.optim.AdamW
+    return adam(groups, lr=schedule.lr, weight_decay=schedule.weight_decay)
 
 
 class Trainer:
@@ -68,9 +82,8 @@ class Trainer:
         self.unit = unit.to(device, memory_format=self.memory_format)
         self.model = dist.wrap_ddp(self.unit, device)
         groups = [{"params": params, "lr": schedule.lr * mult} for params, mult in self.unit.parameter_groups()]
-        self.optimizer = torch.optim.SGD(groups, lr=schedule.lr, momentum=schedule.momentum,
-                                         weight_decay=schedule.weight_decay)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: poly_factor(s, schedule))
+        self.optimizer = build_optimizer(groups, schedule)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: lr_factor(s, schedule))
         self.scaler = torch.amp.GradScaler(device.type, enabled=self.cuda and preset.amp)
         self.world = dist.world_size()
         if schedule.batch_size % self.world:

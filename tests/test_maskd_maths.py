@@ -117,6 +117,22 @@ def test_masked_loss_empty_mask() -> None:
     assert torch.isfinite(student.grad).all()
 
 
+def test_masked_loss_near_empty_mask_keeps_gradients_finite() -> None:
+    """Saturated masks (σ of large features: mass 0 or 1e-30) with all the token weight on them: 1/ΣM overflowed
+    in the backward pass (λ·w/(N·ΣM) > 3.4e38) and inf·0 made every gradient NaN (FCOS smoke run)."""
+    masks = MASKS.clone()
+    masks[0, 1] = 0.0
+    masks[1, 1] = torch.tensor([[1e-30, 0.0]])
+    weights = torch.tensor([[0.0, 1.0], [0.5, 0.5]])
+    student = STUDENT.clone().requires_grad_(True)
+    loss = 10.0 * masked_feature_loss(student, TEACHER, masks, weights)
+    loss.backward()
+    assert torch.isfinite(student.grad).all()
+    # Image 0 has all its weight on the empty token (adds 0); image 1: 0.5·L_{1,0} + 0.5·0 with
+    # L_{1,0} = (0.5²·D(p0) + 1²·D(p1)) / (0.5 + 1) = (0.25·2 + 0) / 1.5 = 1/3.
+    assert loss.item() == pytest.approx(10.0 * (0.0 + 0.5 / 3) / 2, rel=1e-6)
+
+
 def _random_case(weighted: bool) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(1)
     n, t, c, h, w = 2, 6, 16, 10, 12

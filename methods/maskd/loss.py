@@ -8,6 +8,9 @@ import torch
 from torch import Tensor
 from torch.autograd.function import FunctionCtx, once_differentiable
 
+# Below this mask mass (Σ_p M_k(p) + eps) a token counts as empty: L_{n,k} = 0 (see masked_feature_loss).
+EMPTY_MASS = 1e-6
+
 
 def _check_shapes(student: Tensor, teacher: Tensor, masks: Tensor, weights: Tensor | None) -> None:
     """Raise ValueError unless student/teacher are equal N×C×H×W, masks N×T×H×W and weights N×T."""
@@ -58,8 +61,10 @@ def masked_feature_loss(student: Tensor, teacher: Tensor, masks: Tensor, weights
     so the numerator has M² and the denominator ΣM. ``weights=None`` gives the mean over tokens and images
     (paper eq. 2; official: mean over N, T, C); ``weights`` N×T gives mean_n Σ_k w_{n,k} L_{n,k} (eqs. 8/9;
     official ``weight_mask=True``). ``eps``: the official segmentation loss uses 1e-5; the detection loss has
-    none (0, the default). An all-zero mask (its numerator is then 0 too) adds 0 instead of the official code's
-    NaN: the denominator is clamped at the smallest normal float, which changes no other value.
+    none (0, the default). A token whose mask mass Σ_p M_k(p) + eps is below ``EMPTY_MASS`` (1e-6 of one pixel)
+    adds 0 with zero gradient. The official code gives NaN for an all-zero mask; for a near-empty one
+    (σ saturated on large features) 1/ΣM overflows in the backward pass and inf·0 turns every gradient into
+    NaN. Such a token's L_{n,k} is at most max_p M_k(p)·max_p D(p) < 1e-6·max D, so no other value changes.
 
     ``student`` is φ(F^s) and ``teacher`` F^t, both N×C×H×W; ``masks`` N×T×H×W (M^t, or M^r for customised masks,
     eq. 9) is used as given, so the caller detaches it. The teacher is detached here. Neither the per-token masked
@@ -70,8 +75,9 @@ def masked_feature_loss(student: Tensor, teacher: Tensor, masks: Tensor, weights
     _check_shapes(student, teacher, masks, weights)
     sq_diff = _ChannelMeanSqDiff.apply(student, teacher.detach())  # N×H×W: D(p)
     numerator = torch.einsum("nthw,nhw->nt", masks.square(), sq_diff)
-    denominator = (masks.sum((2, 3)) + eps).clamp_min(torch.finfo(numerator.dtype).tiny)
-    per_token = numerator / denominator  # N×T: L_{n,k}
+    mass = masks.sum((2, 3)) + eps
+    empty = mass < EMPTY_MASS
+    per_token = (numerator / mass.masked_fill(empty, 1.0)).masked_fill(empty, 0.0)  # N×T: L_{n,k}
     if weights is None:
         return per_token.mean()
     return (per_token * weights).sum(1).mean()

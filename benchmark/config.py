@@ -81,6 +81,20 @@ class ScheduleConfig:
             if getattr(self, key) not in valid:
                 raise UserError(f"unknown {key} {getattr(self, key)!r}; valid: {', '.join(valid)}.")
 
+    def describe(self) -> str:
+        """One line for table captions, e.g. '300 steps x batch 4, SGD lr 0.02 (momentum 0.9), wd 0.0005, poly 0.9
+        to 0.0001'."""
+        optimizer = {"sgd": f"SGD lr {self.lr} (momentum {self.momentum})", "adam": f"Adam lr {self.lr}",
+                     "adamw": f"AdamW lr {self.lr}"}[self.optimizer]
+        decay = f"poly {self.poly_power}" if self.lr_decay == "poly" else "cosine"
+        text = f"{self.steps} steps x batch {self.batch_size}, {optimizer}, wd {self.weight_decay}, " \
+               f"{decay} to {min(self.lr_floor, self.lr)}"
+        if self.warmup_steps:
+            text += f", linear warm-up {self.warmup_steps} steps"
+        if self.clip_grad_norm:
+            text += f", grad-norm clip {self.clip_grad_norm}"
+        return text
+
 
 @dataclass(frozen=True)
 class PretrainConfig:

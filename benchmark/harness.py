@@ -88,10 +88,8 @@ def _caption(spec: TableSpec, preset: Preset, data_id: str, seeds: list[int], so
     return (
         f"Preset '{preset.name}' ({preset.description}); data {data_id}; "
         f"{preset.data.height}x{preset.data.width} images, output stride {preset.model.output_stride}, "
-        f"ASPP rates {preset.model.aspp_rates or 'paper'}. Teacher schedule: {t.steps} steps x batch "
-        f"{t.batch_size}, lr {t.lr}; students: {s.steps} steps x batch {s.batch_size}, lr {s.lr} (poly "
-        f"{s.poly_power}, floor {s.lr_floor}); MasKD token stage: {preset.tokens.steps} steps x batch "
-        f"{preset.tokens.batch_size}, lr {preset.tokens.lr}, wd {preset.tokens.weight_decay}"
+        f"ASPP rates {preset.model.aspp_rates or 'paper'}. Teacher: {t.describe()}; students: {s.describe()}; "
+        f"MasKD token stage: {preset.tokens.describe()}"
         f"{'; teacher outputs looked up per image (batch of 1)' if preset.cache_teacher_outputs else ''}. "
         f"Seeds {', '.join(map(str, seeds))}. Final-checkpoint val mIoU "
         f"(the paper reports the best validation checkpoint). Pretrained backbones: {pretrained} "

@@ -80,13 +80,11 @@ def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: d
     """Preset, data, schedules and pretrained backbones of a detection table (`sources`: backbone → weights)."""
     t, s, k = preset.teacher, preset.student, preset.tokens
     pretrained = "; ".join(sorted(f"{b}: {src}" for b, src in sources.items()))
-    clip = f", grad-norm clip {s.clip_grad_norm}" if s.clip_grad_norm else ""
     return (
         f"Preset '{preset.name}' ({preset.description}); data {data_id}; {preset.data.height}x{preset.data.width} "
-        f"images, flip {'on' if preset.data.flip else 'off'}. Teacher: {t.steps} steps x batch {t.batch_size}, "
-        f"lr {t.lr}; students: {s.steps} steps x batch {s.batch_size}, lr {s.lr} (SGD, linear warm-up "
-        f"{s.warmup_steps} steps, poly {s.poly_power}{clip}, wd {s.weight_decay}); MasKD token stage: {k.steps} "
-        f"steps x batch {k.batch_size}, lr {k.lr}. Seeds {', '.join(map(str, seeds))}; final checkpoint. "
+        f"images, flip {'on' if preset.data.flip else 'off'}. Teacher: {t.describe()}; students: {s.describe()}; "
+        f"MasKD token stage: {k.describe()} (each detector's official token optimizer overrides the optimizer, lr "
+        f"and wd). Seeds {', '.join(map(str, seeds))}; final checkpoint. "
         f"Pretrained backbones: {pretrained} ('embedded-pretrain' = our ImageNet stand-in: multi-label patch "
         "classification on generated street scenes, a different domain from the detection images)."
     )

@@ -79,3 +79,13 @@ def test_semantic_drops_logging_and_workers_only() -> None:
     assert "log_every" not in cfg and "workers" not in cfg["data"] and "name" not in cfg
     assert cfg["student"]["steps"] == load_preset("cpu").student.steps
     assert merge(load_preset("cpu"), {"log_every": 1}).log_every == 1
+
+
+def test_schedule_description_names_optimizer_decay_and_options() -> None:
+    """Table captions name each schedule in full (the teacher may use another optimizer than the students)."""
+    assert ScheduleConfig(steps=300, batch_size=4).describe() == (
+        "300 steps x batch 4, SGD lr 0.02 (momentum 0.9), wd 0.0005, poly 0.9 to 0.0001")
+    adamw = ScheduleConfig(steps=10, batch_size=2, optimizer="adamw", lr=1e-3, weight_decay=0.01, lr_decay="cosine",
+                           lr_floor=1e-6, warmup_steps=5, clip_grad_norm=35.0)
+    assert adamw.describe() == ("10 steps x batch 2, AdamW lr 0.001, wd 0.01, cosine to 1e-06, linear warm-up 5 "
+                                "steps, grad-norm clip 35.0")

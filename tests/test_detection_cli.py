@@ -94,7 +94,12 @@ def test_detection_keys_and_task() -> None:
     assert spec.task == "det" and [b.id for b in spec.blocks] == ["faster", "retina", "fcos"]
     assert all([m.id for m in b.methods] == METHODS and b.methods[-1].inherit for b in spec.blocks)
     retina_maskd = next(m for m in spec.blocks[1].methods if m.id == "maskd")
-    assert retina_maskd.options == {"weight": 7.0}  # the official RetinaNet λ1
+    # The official RetinaNet λ1 and token-stage optimizer (Adam lr 0.01, wd 1e-3), shared by MasKD†.
+    assert retina_maskd.options == {"weight": 7.0, "stage_optimizer": "adam", "stage_lr": 0.01,
+                                    "stage_weight_decay": 1e-3}
+    assert spec.blocks[1].methods[-1].options == retina_maskd.options
+    fcos_maskd = next(m for m in spec.blocks[2].methods if m.id == "maskd")
+    assert fcos_maskd.options["reg_kd"] is False and fcos_maskd.options["stage_optimizer"] == "adam"
     preset = for_task(load_preset("smoke"), "det")
     assert (preset.data.height, preset.data.width) == (64, 80) and preset.student.clip_grad_norm == 35.0
     assert not preset.cache_teacher_outputs

@@ -83,8 +83,9 @@ def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: d
     return (
         f"Preset '{preset.name}' ({preset.description}); data {data_id}; {preset.data.height}x{preset.data.width} "
         f"images, flip {'on' if preset.data.flip else 'off'}. Teacher: {t.describe()}; students: {s.describe()}; "
-        f"MasKD token stage: {k.describe()} (each detector's official token optimizer overrides the optimizer, lr "
-        f"and wd). Seeds {', '.join(map(str, seeds))}; final checkpoint. "
+        f"MasKD token stage: {k.steps} steps x batch {k.batch_size} with each detector's official token "
+        "optimizer (Faster R-CNN SGD lr 0.1, wd 1e-4; RetinaNet/FCOS Adam lr 0.01, wd 1e-3; cosine to 1e-6; "
+        f"configs/methods/maskd_det.yaml). Seeds {', '.join(map(str, seeds))}; final checkpoint. "
         f"Pretrained backbones: {pretrained} ('embedded-pretrain' = our ImageNet stand-in: multi-label patch "
         "classification on generated street scenes, a different domain from the detection images)."
     )

@@ -89,3 +89,11 @@ def test_schedule_description_names_optimizer_decay_and_options() -> None:
                            lr_floor=1e-6, warmup_steps=5, clip_grad_norm=35.0)
     assert adamw.describe() == ("10 steps x batch 2, AdamW lr 0.001, wd 0.01, cosine to 1e-06, linear warm-up 5 "
                                 "steps, grad-norm clip 35.0")
+
+
+def test_schedule_fields_added_later_keep_earlier_keys() -> None:
+    """optimizer/lr_decay at their defaults hash as before they existed; switched on, they change the key."""
+    sgd = semantic({"schedule": to_dict(ScheduleConfig())})
+    assert "optimizer" not in sgd["schedule"] and "lr_decay" not in sgd["schedule"]
+    adamw = semantic({"schedule": to_dict(ScheduleConfig(optimizer="adamw", lr_decay="cosine"))})
+    assert (adamw["schedule"]["optimizer"], adamw["schedule"]["lr_decay"]) == ("adamw", "cosine")

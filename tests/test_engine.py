@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -90,24 +91,27 @@ def test_checkpoint_writes_are_atomic_and_loads_are_checked(tmp_path: Path) -> N
         load_checkpoint(tmp_path / "missing.pt")
 
 
-def _trainer(run_dir: Path, unit: TrainUnit | None = None, steps: int = 6) -> Trainer:
+def _trainer(run_dir: Path, unit: TrainUnit | None = None, steps: int = 6, **schedule_options: Any) -> Trainer:
     preset = merge(load_preset("smoke"), {"checkpoint_every": 3, "log_every": 1})
-    schedule = ScheduleConfig(steps=steps, batch_size=4, lr=0.05)
+    schedule = ScheduleConfig(**({"steps": steps, "batch_size": 4, "lr": 0.05} | schedule_options))
     torch.manual_seed(0)
     unit = unit or TrainUnit(TinySegmenter(4), SegmentationLoss())
     return Trainer(unit, schedule, preset, RandomSegData(), RandomSegData(4), run_dir, torch.device("cpu"),
                    seed=1, task=SegmentationTask(CLASSES4))
 
 
-def test_resume_after_interruption_gives_the_same_result(tmp_path: Path) -> None:
-    straight = _trainer(tmp_path / "a")
+@pytest.mark.parametrize("schedule", [{}, {"optimizer": "adamw", "lr": 1e-3, "lr_decay": "cosine"}],
+                         ids=["sgd-poly", "adamw-cosine"])
+def test_resume_after_interruption_gives_the_same_result(tmp_path: Path, schedule: dict[str, Any]) -> None:
+    """Exact resume, also for AdamW (its moment estimates live in the checkpoint's optimizer state)."""
+    straight = _trainer(tmp_path / "a", **schedule)
     result = straight.fit()
     assert result is not None and result.steps == 6 and result.metrics["miou"] > 0
-    interrupted = _trainer(tmp_path / "b")
+    interrupted = _trainer(tmp_path / "b", **schedule)
     assert interrupted.fit(stop_after=4) is None  # killed after step 4; last checkpoint is step 3
     with pytest.raises(UserError, match="--resume"):
-        _trainer(tmp_path / "b").fit()
-    resumed = _trainer(tmp_path / "b")
+        _trainer(tmp_path / "b", **schedule).fit()
+    resumed = _trainer(tmp_path / "b", **schedule)
     again = resumed.fit(resume=True)
     assert again is not None and again.metrics == result.metrics
     for (name, a), b in zip(straight.unit.state_dict().items(), resumed.unit.state_dict().values(), strict=True):

@@ -10,7 +10,7 @@ import dataclasses
 import difflib
 import types
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -142,15 +142,21 @@ NON_SEMANTIC = {"name", "description", "workers", "log_every", "checkpoint_every
 ADDED_LATER = {"warmup_steps": 0, "warmup_ratio": 0.001, "clip_grad_norm": None, "detector": {},
                "optimizer": "sgd", "lr_decay": "poly"}
 TASKS = ("seg", "det")
+SCHEDULES = ("teacher", "student", "tokens")
 
 
 def for_task(preset: Preset, task: str) -> Preset:
-    """The preset as a table of `task` uses it: detection tables apply the preset's `detection` overrides."""
+    """The preset as a table of `task` uses it: detection tables apply the preset's `detection` overrides.
+
+    A schedule the `detection` block names (teacher, student, tokens) replaces the segmentation one from the
+    defaults up, so no segmentation-only choice (e.g. the cpu teacher's AdamW) leaks into detection runs.
+    """
     if task not in TASKS:
         raise UserError(f"unknown task {task!r} in a table spec; valid tasks: {', '.join(TASKS)}.")
     if task == "seg" or not preset.detection:
         return preset
-    return merge(preset, {**preset.detection, "detection": {}}, "detection.")
+    fresh = {name: ScheduleConfig() for name in SCHEDULES if name in preset.detection}
+    return merge(replace(preset, **fresh), {**preset.detection, "detection": {}}, "detection.")
 
 
 def _unknown_key(key: str, valid: list[str], where: str) -> UserError:

@@ -8,6 +8,7 @@ from benchmark.config import (
     Preset,
     ScheduleConfig,
     available,
+    for_task,
     from_dict,
     load_preset,
     merge,
@@ -97,3 +98,13 @@ def test_schedule_fields_added_later_keep_earlier_keys() -> None:
     assert "optimizer" not in sgd["schedule"] and "lr_decay" not in sgd["schedule"]
     adamw = semantic({"schedule": to_dict(ScheduleConfig(optimizer="adamw", lr_decay="cosine"))})
     assert (adamw["schedule"]["optimizer"], adamw["schedule"]["lr_decay"]) == ("adamw", "cosine")
+
+
+def test_detection_schedules_do_not_inherit_segmentation_choices() -> None:
+    """The cpu segmentation teacher trains with AdamW; the detection teacher block names only SGD-recipe fields,
+    and must not pick AdamW up (an AdamW lr 0.01 Faster R-CNN teacher was unstable)."""
+    cpu = load_preset("cpu")
+    assert cpu.teacher.optimizer == "adamw"
+    det = for_task(cpu, "det")
+    assert det.teacher.optimizer == "sgd" and det.teacher.weight_decay == 1e-4 and det.teacher.lr == 0.01
+    assert for_task(cpu, "seg") == cpu

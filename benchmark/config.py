@@ -264,6 +264,11 @@ def load_preset(name: str, overrides: list[str] | None = None) -> Preset:
         hint = f" Did you mean '{close[0]}'?" if close else ""
         raise UserError(f"unknown preset '{name}'.{hint} Available presets: {', '.join(presets)}.")
     data = {**read_yaml(CONFIG_DIR / "presets" / f"{name}.yaml"), "name": name}
+    if overrides:  # the preset's own description no longer tells the whole story: plans and captions say so
+        note = f"; with --set {' '.join(overrides)}"
+        data["description"] = data.get("description", name) + note
+        if "description" in data.get("detection", {}):
+            data["detection"] = {**data["detection"], "description": data["detection"]["description"] + note}
     return merge(from_dict(Preset, data), parse_overrides(overrides or []), "--set ")
 
 

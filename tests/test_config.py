@@ -58,6 +58,17 @@ def test_overrides_are_typed_and_nested() -> None:
         parse_overrides(["student.steps"])
 
 
+def test_overrides_are_named_in_the_description_without_changing_keys() -> None:
+    base, changed = load_preset("cpu"), load_preset("cpu", ["detection.teacher.steps=100"])
+    for preset in (changed, for_task(changed, "det")):
+        assert preset.description.endswith("; with --set detection.teacher.steps=100")
+    assert for_task(changed, "det").teacher.steps == 100
+    assert semantic(to_dict(base)) != semantic(to_dict(changed))  # the override itself is semantic...
+    noted = load_preset("cpu", ["student.steps=150"])  # ...the note is not: a no-op override keeps the key
+    assert noted.description != base.description
+    assert semantic(to_dict(noted)) == semantic(to_dict(base))
+
+
 def test_unknown_preset_and_table_name_the_choices() -> None:
     with pytest.raises(UserError, match=r"unknown preset 'cpuu'.*Did you mean 'cpu'.*smoke"):
         load_preset("cpuu")

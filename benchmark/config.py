@@ -186,11 +186,23 @@ def _coerce(value: Any, hint: Any, where: str) -> Any:
         if len(args) != len(value):
             raise UserError(f"config key '{where}' must have {len(args)} values, got {value!r}.")
         return tuple(_coerce(v, a, where) for v, a in zip(value, args, strict=True))
-    if hint is float and isinstance(value, (int, float)) and not isinstance(value, bool):
-        return float(value)
+    if hint is float:
+        return _as_float(value, where)
     if hint in (int, bool, str) and type(value) is not hint:
         raise UserError(f"config key '{where}' must be {hint.__name__}, got {value!r}.")
     return value
+
+
+def _as_float(value: Any, where: str) -> float:
+    """A number, or a string in exponent notation: PyYAML (YAML 1.1) reads ``1e-4`` as the string '1e-4'."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            pass
+    raise UserError(f"config key '{where}' must be a number, got {value!r}.")
 
 
 def from_dict(cls: type, data: dict[str, Any], where: str = "") -> Any:

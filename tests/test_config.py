@@ -48,6 +48,15 @@ def test_wrong_type_is_rejected() -> None:
         from_dict(ScheduleConfig, {"steps": "many"})
     with pytest.raises(UserError, match="'data' must be a mapping"):
         from_dict(Preset, {"data": 3})
+    with pytest.raises(UserError, match="'lr' must be a number, got 'fast'"):
+        from_dict(ScheduleConfig, {"lr": "fast"})
+
+
+def test_exponent_notation_is_a_float() -> None:
+    """PyYAML reads `1e-4` (no dot) as a string; a learning rate written so must still be a float."""
+    preset = load_preset("smoke", ["student.lr=1e-4"])
+    assert preset.student.lr == 1e-4 and isinstance(preset.student.lr, float)
+    assert from_dict(ScheduleConfig, {"lr": "2e-3"}).lr == 2e-3
 
 
 def test_overrides_are_typed_and_nested() -> None:

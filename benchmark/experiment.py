@@ -59,7 +59,7 @@ def build_model(row: RowSpec, session: Session) -> torch.nn.Module:
     if row.pretrained:
         task.load_backbone(model, pretrained_backbone_state(task.backbone_of(row.model), session.preset,
                                                             session.cache_dir, session.device,
-                                                            session.user_weights, task.stem))
+                                                            session.user_weights, task.standin))
     return model
 
 

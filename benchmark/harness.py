@@ -12,7 +12,7 @@ from benchmark.config import Preset, for_task
 from benchmark.data.prepare import data_root, open_splits
 from benchmark.engine import dist
 from benchmark.engine.cache import cache_entry
-from benchmark.engine.pretrain import backbone_source
+from benchmark.engine.pretrain import DETECTION_STANDIN, SEGMENTATION_STANDIN, Standin, backbone_source
 from benchmark.errors import UserError
 from benchmark.experiment import Session, ensure_teacher, run_student
 from benchmark.ledger import Ledger
@@ -135,9 +135,9 @@ def _selected_blocks(spec: TableSpec, rows: list[str] | None) -> list[TableSpec]
     return [b for b in blocks if rows is None or _block_rows(b, rows)]
 
 
-def _backbones(task: str) -> tuple[dict[str, str], str]:
-    """Model name → backbone name, and the ResNet stem, of a task's models."""
-    return (BACKBONE_OF, "deep") if task == "seg" else (detectors.BACKBONE_OF, "torchvision")
+def _backbones(task: str) -> tuple[dict[str, str], Standin]:
+    """Model name → backbone name, and the stand-in pretraining, of a task's models."""
+    return (BACKBONE_OF, SEGMENTATION_STANDIN) if task == "seg" else (detectors.BACKBONE_OF, DETECTION_STANDIN)
 
 
 def render_detection(spec: TableSpec, ledger: Ledger, cells: dict[str, tuple[str, str]], caption: str,
@@ -166,8 +166,8 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
     ledger.frame()  # a corrupt ledger stops us here, before any training
     # Name the data (nothing generated yet) and plan first, so a bad --rows/--methods fails at once.
     root, data_id = data_root(spec.task, args.data_root, args.cache_dir, preset, dry_run=True)
-    backbone_of, stem = _backbones(spec.task)
-    sources = {m: backbone_source(b, preset, user_weights, stem) for m, b in backbone_of.items()}
+    backbone_of, standin = _backbones(spec.task)
+    sources = {m: backbone_source(b, preset, user_weights, standin) for m, b in backbone_of.items()}
     blocks = _selected_blocks(spec, args.rows)
     plans = [plan_runs(block, preset, args.seeds, data_id, sources, _block_rows(block, args.rows), args.methods)
              for block in blocks]

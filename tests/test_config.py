@@ -121,10 +121,14 @@ def test_schedule_fields_added_later_keep_earlier_keys() -> None:
 
 
 def test_detection_schedules_do_not_inherit_segmentation_choices() -> None:
-    """The cpu segmentation teacher trains with AdamW; the detection teacher block names only SGD-recipe fields,
-    and must not pick AdamW up (an AdamW lr 0.01 Faster R-CNN teacher was unstable)."""
-    cpu = load_preset("cpu")
-    assert cpu.teacher.optimizer == "adamw"
-    det = for_task(cpu, "det")
-    assert det.teacher.optimizer == "sgd" and det.teacher.weight_decay == 1e-4 and det.teacher.lr == 0.01
-    assert for_task(cpu, "seg") == cpu
+    """A segmentation teacher on AdamW must not hand AdamW to a detection teacher block that names only SGD-recipe
+    fields (an AdamW lr 0.01 Faster R-CNN teacher was unstable): named detection schedules start from defaults."""
+    preset = from_dict(Preset, {"name": "x", "teacher": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.05},
+                                "detection": {"teacher": {"steps": 10, "lr": 0.01}}})
+    det = for_task(preset, "det")
+    assert det.teacher.optimizer == "sgd" and det.teacher.weight_decay == ScheduleConfig().weight_decay
+    assert det.teacher.lr == 0.01 and det.teacher.steps == 10
+    assert det.student == preset.student  # a schedule the detection block does not name stays as it is
+    assert for_task(preset, "seg") == preset
+    cpu = for_task(load_preset("cpu"), "det")  # the cpu detection block names its AdamW explicitly
+    assert cpu.teacher.optimizer == "adamw" and cpu.teacher.lr == 1e-4 and cpu.pretrain.n_scenes == 1000

@@ -26,7 +26,7 @@ from benchmark.data.cityscapes import (
     label_id_to_train_id_lut,
     train_id_to_label_id_lut,
 )
-from benchmark.data.pretrain_set import make_patch_classification_set
+from benchmark.data.pretrain_set import make_object_crop_set, make_patch_classification_set
 from benchmark.data.synthetic import SyntheticSpec, ensure_synthetic_cityscapes, render_scene, scene_rng
 from benchmark.errors import UserError
 
@@ -225,3 +225,22 @@ def test_pretrain_patches() -> None:
     assert not any((train_image[y:y + 16, x:x + 16] == patches[0]).all() for y in range(17) for x in range(49))
     with pytest.raises(ValueError, match="patch"):
         make_patch_classification_set(n_scenes=1, height=32, width=64, patch=40, seed=0)
+
+
+def test_object_crops_are_centred_on_labelled_objects() -> None:
+    """Detection stand-in: one crop per object (4 per scene), the object's category always among the labels."""
+    from benchmark.data._coco_scene import render_coco_scene
+    from benchmark.data._coco_shapes import CATEGORIES
+
+    patches, targets = make_object_crop_set(n_scenes=3, height=64, width=80, patch=32, seed=0)
+    assert patches.shape == (12, 32, 32, 3) and patches.dtype == np.uint8
+    assert targets.shape == (12, len(CATEGORIES)) and set(np.unique(targets)) <= {0.0, 1.0}
+    again = make_object_crop_set(n_scenes=3, height=64, width=80, patch=32, seed=0)
+    assert (again[0] == patches).all() and (again[1] == targets).all()
+    # Scene 0 is re-rendered from split code 2: every category of its crops is one of its objects.
+    scene_categories = {a["category_id"] for a in render_coco_scene(scene_rng(0, 2, 0), 64, 80)[1]}
+    crop_categories = {list(CATEGORIES)[c] for c in np.flatnonzero(targets[:4].sum(0))}
+    assert crop_categories and crop_categories <= scene_categories
+    assert targets.sum(1).min() >= 1
+    with pytest.raises(ValueError, match="patch"):
+        make_object_crop_set(n_scenes=1, height=32, width=64, patch=40, seed=0)

@@ -1,9 +1,11 @@
 """Backbone pretraining: real ImageNet weights from a user file, else a cached stand-in on embedded data.
 
-The stand-in trains the backbone (output stride 32) with a linear head to recognise which of the 19
-classes appear in 64×64 patches of procedurally generated scenes that are disjoint from the train and
-val images (multi-label BCE). It is *not* ImageNet: it gives the backbone generic low-level filters
-of this domain, so that "pretrained vs scratch" means something on the embedded default.
+The stand-in trains the backbone (output stride 32) with a linear head to recognise which classes appear
+in small patches of procedurally generated scenes that are disjoint from the train and val images
+(multi-label BCE): street patches over the 19 Cityscapes classes for segmentation, object-centred crops
+over the 8 categories for detection (ImageNet is object-centric; detectors learn their heads far faster on
+a backbone that already tells the objects apart). It is *not* ImageNet: it gives the backbone filters of
+this domain, so that "pretrained vs scratch" means something on the embedded default.
 """
 
 from __future__ import annotations
@@ -11,22 +13,35 @@ from __future__ import annotations
 import hashlib
 import math
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from benchmark.config import Preset, PretrainConfig, to_dict
 from benchmark.data.cityscapes import normalize_images
-from benchmark.data.pretrain_set import make_patch_classification_set
+from benchmark.data.pretrain_set import make_object_crop_set, make_patch_classification_set
 from benchmark.data.synthetic import GENERATOR_VERSION
 from benchmark.engine import dist
 from benchmark.engine.cache import cache_entry
 from benchmark.models import build_backbone, load_backbone_weights
 from benchmark.progress import progress
 
-NUM_LABELS = 19
+
+@dataclass(frozen=True)
+class Standin:
+    """What a task's stand-in pretraining builds: the ResNet stem of its models and its patch set."""
+
+    stem: str
+    patches: Callable[[int, int, int, int, int], tuple[np.ndarray, np.ndarray]]
+
+
+SEGMENTATION_STANDIN = Standin("deep", make_patch_classification_set)
+DETECTION_STANDIN = Standin("torchvision", make_object_crop_set)
 
 
 def file_digest(path: Path) -> str:
@@ -38,29 +53,31 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def pretrain_key(backbone: str, preset: Preset, stem: str = "deep") -> str:
-    """Cache key of a stand-in; the stem enters it only when it is not the segmentation models' deep stem."""
+def pretrain_key(backbone: str, preset: Preset, standin: Standin = SEGMENTATION_STANDIN) -> str:
+    """Cache key of a stand-in; the segmentation one keeps its original key (stem and patch set implied)."""
     parts = (backbone, to_dict(preset.pretrain), preset.data.height, preset.data.width, GENERATOR_VERSION)
-    blob = repr(parts if stem == "deep" else (*parts, stem))
+    blob = repr(parts if standin == SEGMENTATION_STANDIN else (*parts, standin.stem, standin.patches.__name__))
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
 
 
-def backbone_source(backbone: str, preset: Preset, user_weights: dict[str, Path], stem: str = "deep") -> str:
+def backbone_source(backbone: str, preset: Preset, user_weights: dict[str, Path],
+                    standin: Standin = SEGMENTATION_STANDIN) -> str:
     """A short string naming the pretrained weights a run starts from (part of its key)."""
     if backbone in user_weights:
         return f"user:{user_weights[backbone].name}:{file_digest(user_weights[backbone])}"
-    return f"embedded-pretrain:{pretrain_key(backbone, preset, stem)}"
+    return f"embedded-pretrain:{pretrain_key(backbone, preset, standin)}"
 
 
 def pretrained_backbone_state(backbone: str, preset: Preset, cache_dir: Path, device: torch.device,
-                              user_weights: dict[str, Path], stem: str = "deep") -> Path | dict[str, torch.Tensor]:
+                              user_weights: dict[str, Path],
+                              standin: Standin = SEGMENTATION_STANDIN) -> Path | dict[str, torch.Tensor]:
     """User weights file if given, else the cached (or freshly trained) stand-in state dict."""
     if backbone in user_weights:
         return user_weights[backbone]
-    entry = cache_entry(cache_dir, "pretrained", backbone, pretrain_key(backbone, preset, stem))
+    entry = cache_entry(cache_dir, "pretrained", backbone, pretrain_key(backbone, preset, standin))
     if not entry.exists() and dist.is_main():
         t0 = time.perf_counter()
-        state, metrics = train_standin(backbone, preset, device, stem)
+        state, metrics = train_standin(backbone, preset, device, standin)
         entry.store(state, {"backbone": backbone, "pretrain": to_dict(preset.pretrain),
                             "wall_s": round(time.perf_counter() - t0, 1), **metrics})
     dist.barrier()
@@ -68,18 +85,18 @@ def pretrained_backbone_state(backbone: str, preset: Preset, cache_dir: Path, de
 
 
 def train_standin(backbone_name: str, preset: Preset, device: torch.device,
-                  stem: str = "deep") -> tuple[dict, dict]:
+                  standin: Standin = SEGMENTATION_STANDIN) -> tuple[dict, dict]:
     """Multi-label patch classification; returns the backbone state dict and held-out metrics."""
     cfg: PretrainConfig = preset.pretrain
-    patches, targets = make_patch_classification_set(cfg.n_scenes, preset.data.height, preset.data.width,
-                                                     cfg.patch, seed=preset.data.seed)
+    patches, targets = standin.patches(cfg.n_scenes, preset.data.height, preset.data.width, cfg.patch,
+                                       preset.data.seed)
     images = normalize_images(torch.from_numpy(patches))
     labels = torch.from_numpy(targets)
     n_val = max(1, len(images) // 10)
     train_x, train_y, val_x, val_y = images[n_val:], labels[n_val:], images[:n_val], labels[:n_val]
-    backbone = build_backbone(backbone_name, output_stride=32, stem=stem)
+    backbone = build_backbone(backbone_name, output_stride=32, stem=standin.stem)
     model = nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
-                          nn.Linear(backbone.out_channels, NUM_LABELS)).to(device)
+                          nn.Linear(backbone.out_channels, labels.shape[1])).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
@@ -100,7 +117,9 @@ def train_standin(backbone_name: str, preset: Preset, device: torch.device,
     with torch.no_grad():
         predicted = torch.cat([model(val_x[i : i + 64].to(device)).cpu() for i in range(0, n_val, 64)]) > 0
     exact = (predicted == val_y.bool()).float().mean().item()
+    majority = ((train_y.mean(0) > 0.5) == val_y.bool()).float().mean().item()  # what no learning scores
     return backbone.state_dict(), {"heldout_label_accuracy": round(100 * exact, 2),
+                                   "heldout_majority_accuracy": round(100 * majority, 2),
                                    "heldout_patches": n_val, "train_patches": len(train_x)}
 
 

@@ -12,6 +12,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, default_collate
 
 from benchmark.config import Preset, ScheduleConfig
 from benchmark.engine import dist
+from benchmark.engine.pretrain import SEGMENTATION_STANDIN, Standin
 from benchmark.engine.task_loss import TaskLoss
 
 
@@ -31,7 +32,7 @@ class Task(ABC):
     name: ClassVar[str] = ""
     metrics: ClassVar[tuple[str, ...]] = ()
     headline: ClassVar[str] = ""  # how logs name metrics[0] ("mIoU", "AP")
-    stem: ClassVar[str] = "deep"  # ResNet stem of the task's models (their stand-in pretraining differs)
+    standin: ClassVar[Standin] = SEGMENTATION_STANDIN  # stem and patch set of the stand-in pretraining
 
     @abstractmethod
     def build_model(self, name: str, preset: Preset) -> nn.Module:

@@ -14,6 +14,7 @@ from benchmark.config import Preset, ScheduleConfig
 from benchmark.data.coco import CocoDetection, collate
 from benchmark.engine import dist
 from benchmark.engine.coco_eval import METRICS, coco_bbox_metrics, detections_to_coco
+from benchmark.engine.pretrain import DETECTION_STANDIN, Standin
 from benchmark.engine.task_loss import TaskLoss
 from benchmark.models.detectors import (
     BACKBONE_OF,
@@ -56,7 +57,7 @@ class DetectionTask(Task):
     name: ClassVar[str] = "detection"
     metrics: ClassVar[tuple[str, ...]] = METRICS
     headline: ClassVar[str] = "AP"
-    stem: ClassVar[str] = "torchvision"
+    standin: ClassVar[Standin] = DETECTION_STANDIN
 
     def __init__(self, class_names: Sequence[str], image_size: tuple[int, int]) -> None:
         """`class_names`: the K categories (labels 1..K; 0 is the background); `image_size` (h, w): the

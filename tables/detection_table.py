@@ -86,6 +86,6 @@ def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: d
         f"MasKD token stage: {k.steps} steps x batch {k.batch_size} with each detector's official token "
         "optimizer (Faster R-CNN SGD lr 0.1, wd 1e-4; RetinaNet/FCOS Adam lr 0.01, wd 1e-3; cosine to 1e-6; "
         f"configs/methods/maskd_det.yaml). Seeds {', '.join(map(str, seeds))}; final checkpoint. "
-        f"Pretrained backbones: {pretrained} ('embedded-pretrain' = our ImageNet stand-in: multi-label patch "
-        "classification on generated street scenes, a different domain from the detection images)."
+        f"Pretrained backbones: {pretrained} ('embedded-pretrain' = our ImageNet stand-in: multi-label "
+        "classification of object-centred crops of generated detection scenes disjoint from train and val)."
     )

@@ -51,6 +51,7 @@ class ModelConfig:
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
 LR_DECAYS = ("poly", "cosine")
+TEACHER_NORMS = ("running", "batch")
 
 
 @dataclass(frozen=True)
@@ -126,6 +127,11 @@ class Preset:
     methods: dict[str, dict[str, Any]] = field(default_factory=dict)
     # Look the teacher's outputs up per image instead of recomputing them (needs flip-only augmentation).
     cache_teacher_outputs: bool = False
+    # How the frozen teacher's BatchNorm layers normalise while distilling and in method stages: "running"
+    # (eval mode, the official behaviour; FrozenBN teachers behave the same either way) or "batch" (the current
+    # batch's statistics, never updating the buffers; for BN teachers trained with small batches, whose running
+    # statistics send some images' features off scale, see configs/presets/cpu.yaml).
+    teacher_norm: str = "running"
     # Overrides of the fields above for detection tables (`for_task`): data, schedules, pretraining, methods.
     detection: dict[str, Any] = field(default_factory=dict)
     amp: bool = True
@@ -134,6 +140,10 @@ class Preset:
     log_every: int = 20
     checkpoint_every: int = 100
     tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.teacher_norm not in TEACHER_NORMS:
+            raise UserError(f"unknown teacher_norm {self.teacher_norm!r}; valid: {', '.join(TEACHER_NORMS)}.")
 
 
 NON_SEMANTIC = {"name", "description", "workers", "log_every", "checkpoint_every", "tensorboard",

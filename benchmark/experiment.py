@@ -30,6 +30,7 @@ from benchmark.models import count_params_m
 from benchmark.plan import BASELINE, RowSpec, RunSpec
 from benchmark.tasks import Task
 from methods import Stage, build_method
+from methods.base import use_batch_statistics
 
 
 @dataclass
@@ -122,6 +123,8 @@ def _distiller(spec: RunSpec, session: Session, student: torch.nn.Module,
     """The method bound to this student/teacher pair, its stage (e.g. MasKD tokens) run or read from cache."""
     method = build_method(spec.method_name, **spec.method_options)
     distill = spec.config["distill"]
+    if distill.get("teacher_norm") == "batch":  # `teacher` is this run's own copy
+        use_batch_statistics(teacher)
     memo = (session.cache_dir / "teacher_outputs", distill["teacher"]) if "teacher_outputs" in distill else None
     extra = DistillationLoss(method, student, teacher, _image_size(session.preset),
                              distill.get("student_taps"), distill.get("teacher_taps"), memo,
@@ -134,10 +137,11 @@ def _distiller(spec: RunSpec, session: Session, student: torch.nn.Module,
 
 def stage_key(stage: Stage, teacher_key: str, session: Session) -> str:
     """Cache key of a method stage: the stage config, the teacher, the stage schedule and the data."""
+    norm = {} if session.preset.teacher_norm == "running" else {"teacher_norm": session.preset.teacher_norm}
     return experiment_key(semantic({"stage": stage.name, "teacher": teacher_key, "config": stage.config,
                                     "schedule": to_dict(_stage_schedule(stage, session.preset)),
                                     "data": {"id": session.data_id, **to_dict(session.preset.data)},
-                                    "amp": session.preset.amp}), 0)
+                                    "amp": session.preset.amp, **norm}), 0)
 
 
 def _stage_schedule(stage: Stage, preset: Preset) -> ScheduleConfig:

@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import functools
+from collections.abc import Callable
 from pathlib import Path
 
+import pandas as pd
 import torch
 
 from benchmark.config import Preset, for_task
@@ -42,18 +45,36 @@ def _step_gflops(model: str, preset: Preset, batch: int) -> float:
     return 3 * forward * batch
 
 
+def _measured_factors(history: pd.DataFrame, data_id: str, device: torch.device,
+                      flop_seconds: Callable[[str, int], float]) -> dict[str, float]:
+    """Per model: measured ÷ FLOP-estimated seconds per step, the median over its finished baseline runs
+    (teachers and students trained without distillation) on this data and device type in the ledger."""
+    if history.empty or not {"train_s", "steps", "data", "device", "method_name"} <= set(history.columns):
+        return {}
+    rows = history[(history["data"] == data_id) & (history["method_name"] == BASELINE)
+                   & history["device"].astype(str).str.startswith(device.type) & (history["train_s"] > 0)]
+    ratios: dict[str, list[float]] = {}
+    for row in rows.itertuples():
+        measured = row.train_s / row.steps
+        ratios.setdefault(row.model, []).append(measured / flop_seconds(row.model, int(row.batch_size)))
+    return {model: float(pd.Series(r).median()) for model, r in ratios.items()}
+
+
 def print_plan(teacher: RunSpec, runs: list[RunSpec], session_like: dict, preset: Preset,
                device: torch.device) -> None:
-    """--dry-run: every run with its state (done / cached / resumable / to train) and a time estimate."""
+    """--dry-run: every run with its state (done / cached / resumable / to train) and a time estimate.
+
+    The estimate counts FLOPs; a model with finished baseline runs in the ledger (same data, same device
+    type) has its FLOP estimate scaled to their measured speed, marked "(measured)".
+    """
     ledger: Ledger = session_like["ledger"]
     throughput = GFLOPS_PER_S[device.type]
-    counted: dict[tuple[str, int], float] = {}
 
-    def gflops(model: str, batch: int) -> float:
-        if (model, batch) not in counted:
-            counted[model, batch] = _step_gflops(model, preset, batch)
-        return counted[model, batch]
+    @functools.cache
+    def flop_seconds(model: str, batch: int) -> float:
+        return _step_gflops(model, preset, batch) / throughput
 
+    factors = _measured_factors(ledger.frame(), session_like["data_id"], device, flop_seconds)
     total = 0.0
     print(f"plan for table {teacher.table}, preset {preset.name} ({preset.description}), device {device}")
     print(f"{'role':<11}{'run':<36}{'steps x batch':<15}{'state':<22}{'est. time':>10}")
@@ -70,13 +91,15 @@ def print_plan(teacher: RunSpec, runs: list[RunSpec], session_like: dict, preset
             checkpoint = checkpoint / "checkpoint.pt"
         if not done and checkpoint.exists():
             state = "resumable (--resume)"
-        step = gflops(run.row.model, run.schedule.batch_size)
+        batch = run.schedule.batch_size
+        step = flop_seconds(run.row.model, batch) * factors.get(run.row.model, 1.0)
         if run.method_name != BASELINE:  # + the teacher's forward pass (a third of its training step)
-            step += gflops(teacher.row.model, run.schedule.batch_size) / 3
-        seconds = 0.0 if done else step * run.schedule.steps / throughput
+            step += flop_seconds(teacher.row.model, batch) / 3 * factors.get(teacher.row.model, 1.0)
+        seconds = 0.0 if done else step * run.schedule.steps
         total += seconds
-        sched = f"{run.schedule.steps} x {run.schedule.batch_size}"
-        print(f"{run.role:<11}{run.name:<36}{sched:<15}{state:<22}{seconds / 60:>8.1f} m")
+        sched = f"{run.schedule.steps} x {batch}"
+        source = " (measured)" if not done and run.row.model in factors else ""
+        print(f"{run.role:<11}{run.name:<36}{sched:<15}{state:<22}{seconds / 60:>8.1f} m{source}")
     print(f"estimated training time: {total / 60:.1f} min (rough; excludes data generation, backbone "
           "pretraining, method stages such as MasKD token learning, and evaluation)")
 
@@ -174,7 +197,8 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
     if args.dry_run:
         for teacher, runs in plans:
             print_plan(teacher, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
-                                       "teacher_ckpt": args.teacher_ckpt, "force": args.force}, preset, device)
+                                       "teacher_ckpt": args.teacher_ckpt, "force": args.force,
+                                       "data_id": data_id}, preset, device)
         return 0
     root, data_id = data_root(spec.task, args.data_root, args.cache_dir, preset)
     task, train_set, val_set = open_splits(spec.task, root, preset)

@@ -222,6 +222,9 @@ def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str, s
     if preset.cache_teacher_outputs and (preset.data.scale_range or preset.data.crop):
         raise UserError(f"preset '{preset.name}': cache_teacher_outputs needs flip-only augmentation (no "
                         "data.scale_range or data.crop): every input must recur. Turn one of them off.")
+    if preset.cache_teacher_outputs and preset.teacher_norm == "batch":
+        raise UserError(f"preset '{preset.name}': cache_teacher_outputs stores per-image teacher outputs, but "
+                        "teacher_norm 'batch' makes them depend on the whole batch. Turn one of them off.")
     _pick("row", rows, [r.id for r in (*spec.students, *spec.diagnostics)], spec.table)
     _pick("method", methods, [m.id for m in spec.methods], spec.table)
     students = [r for r in spec.students if not rows or r.id in rows]
@@ -239,6 +242,8 @@ def plan_runs(spec: TableSpec, preset: Preset, seeds: list[int], data_id: str, s
             distill |= {f"{side}_taps": r.taps for side, r in (("student", row), ("teacher", teacher_row)) if r.taps}
             if preset.cache_teacher_outputs:  # per-image teacher outputs (batch of 1): part of the result
                 distill["teacher_outputs"] = "per-image cache"
+            if preset.teacher_norm != "running":  # hashed only when on: earlier runs keep their keys
+                distill["teacher_norm"] = preset.teacher_norm
             if registry.method_class(ms.method).has_stage():
                 distill["stage_schedule"] = to_dict(preset.tokens)
         # The key hashes the method and its options, not the column id: tables share runs.

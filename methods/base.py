@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -105,6 +106,29 @@ def freeze(model: nn.Module) -> nn.Module:
     for p in model.parameters():
         p.requires_grad_(False)
     return model
+
+
+class BatchStatisticsNorm(nn.BatchNorm2d):
+    """BatchNorm2d that always normalises with the current batch's statistics and never updates its buffers."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.batch_norm(x, None, None, self.weight, self.bias, True, 0.0, self.eps)
+
+
+def use_batch_statistics(model: nn.Module) -> int:
+    """Turn every ``nn.BatchNorm2d`` of ``model`` into a ``BatchStatisticsNorm`` in place (same parameters, buffers,
+    hooks and state-dict keys); returns how many were turned.
+
+    For a teacher trained with small batches in train-mode BN: its features were shaped by batch statistics,
+    and its running statistics can put single images far off scale (the official segmentation scripts also
+    leave the teacher's BN in train mode). FrozenBN and other norms are left as they are.
+    """
+    swapped = 0
+    for module in model.modules():
+        if type(module) is nn.BatchNorm2d:
+            module.__class__ = BatchStatisticsNorm  # same tensors, hooks and state-dict keys
+            swapped += 1
+    return swapped
 
 
 class HoldsTeacher(nn.Module):

@@ -76,6 +76,12 @@ def test_second_run_is_read_from_the_ledger(smoke_out: Path, cache: Path, capsys
     assert _run(cache, smoke_out, "--rows", "r18", "--dry-run") == 0
     plan = capsys.readouterr().out
     assert "cached teacher" in plan and "in ledger (skipped)" in plan
+    # With --force, the R18 baseline's estimate is its measured speed from the ledger (steps × train_s / steps).
+    assert _run(cache, smoke_out, "--rows", "r18", "--methods", "baseline", "--dry-run", "--force") == 0
+    line = next(x for x in capsys.readouterr().out.splitlines() if x.split()[1:2] == ["r18/baseline/seed0"])
+    ledger = pd.read_csv(smoke_out / "ledger.csv")
+    train_s = ledger[(ledger["row"] == "r18") & (ledger["method"] == "baseline")]["train_s"].iloc[0]
+    assert line.endswith(f"{train_s / 60:>8.1f} m (measured)")
 
 
 def test_user_teacher_checkpoint_is_evaluated_not_trained(smoke_out: Path, cache: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -17,7 +18,7 @@ from benchmark.config import (
     to_dict,
 )
 from benchmark.errors import UserError
-from benchmark.plan import load_table_spec
+from benchmark.plan import load_table_spec, plan_runs
 
 
 def test_all_presets_load_and_name_themselves() -> None:
@@ -132,3 +133,23 @@ def test_detection_schedules_do_not_inherit_segmentation_choices() -> None:
     assert for_task(preset, "seg") == preset
     cpu = for_task(load_preset("cpu"), "det")  # the cpu detection block names its AdamW explicitly
     assert cpu.teacher.optimizer == "adamw" and cpu.teacher.lr == 1e-4 and cpu.pretrain.n_scenes == 1000
+
+
+def test_teacher_norm_is_checked_and_hashed_only_when_switched_on() -> None:
+    with pytest.raises(UserError, match="teacher_norm 'batches'; valid: running, batch"):
+        from_dict(Preset, {"teacher_norm": "batches"})
+    cpu = load_preset("cpu")
+    assert cpu.teacher_norm == "running" and for_task(cpu, "det").teacher_norm == "batch"
+    spec = load_table_spec("1", None)
+    faster = spec.blocks[0]
+    keys = {}
+    for norm in ("running", "batch"):
+        preset = replace(for_task(cpu, "det"), teacher_norm=norm)
+        teacher, runs = plan_runs(faster, preset, [0], "data", {}, ["faster_r50"], ["baseline", "mimic"])
+        keys[norm] = (teacher.key, {r.method: (r.key, r.config.get("distill", {}).get("teacher_norm")) for r in runs})
+    assert keys["running"][0] == keys["batch"][0]  # the teacher and the baseline student do not change
+    assert keys["running"][1]["baseline"] == keys["batch"][1]["baseline"]
+    assert keys["running"][1]["mimic"][1] is None and keys["batch"][1]["mimic"][1] == "batch"
+    assert keys["running"][1]["mimic"][0] != keys["batch"][1]["mimic"][0]
+    with pytest.raises(UserError, match="teacher_norm 'batch' makes them depend on the whole batch"):
+        plan_runs(faster, replace(preset, cache_teacher_outputs=True), [0], "data", {})

@@ -16,6 +16,7 @@ from benchmark.engine.trainer import Trainer
 from benchmark.errors import UserError
 from benchmark.tasks import SegmentationTask
 from methods import Batch, Distiller, build_method, list_methods, register_method
+from methods.base import freeze, use_batch_statistics
 from methods.maskd.learn import MaskedTeacher, TokenLearningLoss
 from methods.maskd.masks import init_tokens
 from methods.maskd.method import label_masks
@@ -273,3 +274,25 @@ def test_teacher_output_cache_matches_live_teacher_and_persists(tmp_path: Path) 
     again = DistillationLoss(build_method("fitnet"), student, teacher, (16, 16), teacher_cache=(tmp_path, "t0"))
     assert again.teacher_cache is not None and len(again.teacher_cache.entries) == 3
     assert len(list(tmp_path.glob("t0-*.pt"))) == 1
+
+
+def test_batch_statistics_teacher_normalises_each_batch_and_keeps_its_state() -> None:
+    """teacher_norm 'batch': (x − mean_batch) / sqrt(var_batch + eps) · γ + β in any mode; buffers untouched."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU())
+    nn.init.uniform_(net[1].weight, 0.5, 2.0)
+    nn.init.uniform_(net[1].bias, -1.0, 1.0)
+    net[1].running_mean.fill_(5.0)  # running statistics far from the batch's, as in the cpu detection teacher
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    freeze(net)
+    assert use_batch_statistics(net) == 1 and use_batch_statistics(net) == 0  # idempotent
+    x = torch.randn(3, 3, 8, 8) * 4 + 2
+    feat = net[0](x)
+    mean, var = feat.mean((0, 2, 3), keepdim=True), feat.var((0, 2, 3), unbiased=False, keepdim=True)
+    bn = net[1]
+    expected = torch.relu((feat - mean) / torch.sqrt(var + bn.eps) * bn.weight[:, None, None] + bn.bias[:, None, None])
+    assert not net.training
+    torch.testing.assert_close(net(x), expected)
+    after = net.state_dict()
+    assert list(after) == list(before) and all(torch.equal(after[k], before[k]) for k in before)
+    assert not any(p.requires_grad for p in net.parameters())

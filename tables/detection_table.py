@@ -76,6 +76,13 @@ def build_detection_table(runs: pd.DataFrame, spec: dict, caption: str, paper: d
                      group_rows=group_rows)
 
 
+TEACHER_NORM = {
+    "running": "The frozen teacher's BN uses its running statistics (eval mode, as the official code).",
+    "batch": "The frozen teacher's BN normalises with each batch's statistics while distilling and in the token "
+             "stage (teacher_norm: batch; its running statistics put some images' features off scale).",
+}
+
+
 def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: dict[str, str]) -> str:
     """Preset, data, schedules and pretrained backbones of a detection table (`sources`: backbone → weights)."""
     t, s, k = preset.teacher, preset.student, preset.tokens
@@ -85,7 +92,8 @@ def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: d
         f"images, flip {'on' if preset.data.flip else 'off'}. Teacher: {t.describe()}; students: {s.describe()}; "
         f"MasKD token stage: {k.steps} steps x batch {k.batch_size} with each detector's official token "
         "optimizer (Faster R-CNN SGD lr 0.1, wd 1e-4; RetinaNet/FCOS Adam lr 0.01, wd 1e-3; cosine to 1e-6; "
-        f"configs/methods/maskd_det.yaml). Seeds {', '.join(map(str, seeds))}; final checkpoint. "
+        f"configs/methods/maskd_det.yaml). {TEACHER_NORM[preset.teacher_norm]} "
+        f"Seeds {', '.join(map(str, seeds))}; final checkpoint. "
         f"Pretrained backbones: {pretrained} ('embedded-pretrain' = our ImageNet stand-in: multi-label "
         "classification of object-centred crops of generated detection scenes disjoint from train and val)."
     )

@@ -11,8 +11,10 @@ import pandas as pd
 import pytest
 import yaml
 
+from benchmark.config import for_task, load_preset
 from benchmark.errors import UserError
 from tables.aggregate import Stat, delta, format_stat, summarize
+from tables.detection_table import detection_caption
 from tables.method_table import build_method_table
 from tables.paper import load_paper_numbers, table3_paper
 from tables.render import TableData, latex_escape, render_latex, render_markdown, write_table
@@ -271,3 +273,10 @@ def test_every_shipped_detection_spec_renders(table: str) -> None:
         for teacher in (block["teacher"], *block.get("teachers", ())):
             cell = by_label[f"T: {teacher['label']}"][0][1]
             assert cell.startswith("needs the OpenMMLab backend" if block.get("backend") else "not run yet")
+
+
+def test_detection_caption_names_how_the_teacher_normalises() -> None:
+    cpu = for_task(load_preset("cpu"), "det")
+    caption = detection_caption(cpu, "synth", [0], {})
+    assert "BN normalises with each batch's statistics while distilling" in caption and "AdamW lr 0.0001" in caption
+    assert "running statistics (eval mode" in detection_caption(for_task(load_preset("smoke"), "det"), "s", [0], {})

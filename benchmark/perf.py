@@ -17,7 +17,8 @@ Two measurements, both reported against targets but never asserted (the exit cod
    so its ratio is < 1.
 
    Models are randomly initialised (timing does not depend on the weights); the teacher's BatchNorm running
-   statistics are set from one pass over the batch so that its frozen (eval-mode) logits stay in a sane range.
+   statistics are set from one pass over the batch so that its frozen (eval-mode) logits stay in a sane range;
+   with the preset's `teacher_norm: batch` it normalises with batch statistics, in the floor and in every step.
    The batch is random images and labels (0..18, about 5 % ignore = 255) at the preset's image size and student
    batch size. MasKD gets random `init_tokens(num_tokens, classes)` through `load_stage` instead of running its
    token-learning stage (a step costs the same with learned tokens). On CUDA the steps use autocast (when the
@@ -83,7 +84,7 @@ from benchmark.models.detectors import DETECTORS, MM_BACKEND_NOTE, NEEDS_MM_BACK
 from benchmark.plan import BASELINE, MethodSpec, method_options
 from benchmark.tasks.detection import DetectionLoss, DetectionTask
 from methods import build_method
-from methods.base import Distiller
+from methods.base import Distiller, use_batch_statistics
 from methods.maskd.loss import masked_feature_loss
 from methods.maskd.masks import init_tokens
 from methods.maskd.naive import naive_masked_feature_loss
@@ -311,6 +312,8 @@ class StepBench:
         self.teacher = self._build_model(teacher).requires_grad_(False)
         self.teacher.to(device, memory_format=self.memory_format)
         calibrate_batchnorm(self.teacher, self.images, self.run_teacher)
+        if preset.teacher_norm == "batch":  # as the harness runs such a teacher (`benchmark.experiment`)
+            use_batch_statistics(self.teacher)
         self.floor_step = self._stepper(TrainUnit(copy.deepcopy(self.student), self._task_loss()))
 
     # ------------------------------------------------------------ task hooks
@@ -571,7 +574,7 @@ def run(args: argparse.Namespace) -> int:
         arch = f"output stride {preset.model.output_stride}"
     else:
         h, w = preset.data.height, preset.data.width
-        arch = f"{len(DETECTION_CLASSES)} classes, detection settings"
+        arch = f"{len(DETECTION_CLASSES)} classes, detection settings, teacher BN: {preset.teacher_norm} statistics"
     settings = (f"preset {preset.name}: {args.student} ← {args.teacher}, batch {preset.student.batch_size} × "
                 f"{h}×{w}, {arch}, device {device.type}, "
                 f"{torch.get_num_threads()} CPU thread(s), median of {args.repeats} after {args.warmup} warm-up")

@@ -67,6 +67,10 @@ def test_both_figures_drawn(det_cache: Path, tmp_path: Path, capsys: pytest.Capt
                                                       "det_mask_weights.pdf", "det_mask_weights.png"]
     _check(out / "det_level_masks.png", det_level_masks.figure_size(1, 5, 6, 64, 80))
     _check(out / "det_mask_weights.png", det_mask_weights.figure_size(2, 6, 64, 80))
+    only = tmp_path / "only"  # --only takes several figures, and nothing else is tried
+    assert main(["--cache-dir", str(det_cache), "--out", str(only), "--det-images", "1", "--det-weight-images", "1",
+                 "--only", "det_levels", "det_weights"]) == 0
+    assert "fig6" not in capsys.readouterr().err and len(list(only.iterdir())) == 4
 
     assert main(["--cache-dir", str(det_cache), "--list"]) == 0
     listing = capsys.readouterr().out

@@ -57,7 +57,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--det-data-root", type=Path, help="real COCO root, when the detection teacher was trained "
                                                       "on it (default: the embedded data in the cache)")
     p.add_argument("--device", default="cpu", help="device for the teacher's forward pass (default: cpu)")
-    p.add_argument("--only", choices=FIGURES, help="draw only this figure")
+    p.add_argument("--only", nargs="+", choices=FIGURES, metavar="FIGURE",
+                   help=f"draw only these figures ({', '.join(FIGURES)})")
     p.add_argument("--list", action="store_true", help="list the cached teachers and token stages, then exit")
     return p
 
@@ -89,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
               lambda: det_mask_weights.make(n_images=args.det_weight_images, level=args.det_level, **det))]
     written, reasons = [], []
     for name, stem, make in jobs:
-        if args.only and args.only != name:
+        if args.only and name not in args.only:
             continue
         try:
             paths = make()

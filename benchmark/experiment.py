@@ -17,7 +17,7 @@ import yaml
 from benchmark.atomic import atomic_write_text
 from benchmark.config import Preset, ScheduleConfig, merge, semantic, to_dict
 from benchmark.engine import dist
-from benchmark.engine.cache import cache_entry
+from benchmark.engine.cache import CacheEntry, cache_entry
 from benchmark.engine.checkpoint import load_checkpoint, load_state_strict
 from benchmark.engine.distill import DistillationLoss
 from benchmark.engine.pretrain import file_digest, pretrained_backbone_state
@@ -148,6 +148,12 @@ def _stage_schedule(stage: Stage, preset: Preset) -> ScheduleConfig:
     return merge(preset.tokens, stage.schedule, f"{stage.name}.schedule.")
 
 
+def _store(entry: CacheEntry, run_dir: Path, state_dict: dict[str, torch.Tensor], meta: dict[str, Any]) -> None:
+    """Cache trained weights, then drop the run's checkpoint: `model.pt` holds the same weights (log.csv stays)."""
+    entry.store(state_dict, meta)
+    (run_dir / "checkpoint.pt").unlink(missing_ok=True)
+
+
 def ensure_stage(stage: Stage, teacher_key: str, session: Session) -> dict[str, torch.Tensor]:
     """Train a method stage once per key (`<cache>/stages/<name>-<key>/`) and return its state dict."""
     key = stage_key(stage, teacher_key, session)
@@ -160,7 +166,7 @@ def ensure_stage(stage: Stage, teacher_key: str, session: Session) -> dict[str, 
         torch.manual_seed(0)
         result = _fit(TrainUnit(stage.model, stage.loss), schedule, session, run_dir, 0, f"{stage.name}/{key}")
         if dist.is_main():
-            entry.store(stage.model.state_dict(), {
+            _store(entry, run_dir, stage.model.state_dict(), {
                 "stage": stage.name, "key": key, "teacher": teacher_key, "config": stage.config,
                 "schedule": to_dict(schedule), **result.metrics,
                 "wall_s": {"train_s": result.train_s, "eval_s": result.eval_s}})
@@ -195,11 +201,12 @@ def ensure_teacher(spec: RunSpec, session: Session) -> tuple[torch.nn.Module, di
         return model, _user_teacher(model, spec, session)
     entry = cache_entry(session.cache_dir, "teachers", spec.row.model, spec.key)
     if not entry.exists():
-        trained, result = _train(spec, session, entry.root / "run")
+        run_dir = entry.root / "run"
+        trained, result = _train(spec, session, run_dir)
         if dist.is_main():
             meta = {"config": spec.config, "key": spec.key, **result.metrics,
                     "wall_s": {"train_s": result.train_s, "eval_s": result.eval_s}}
-            entry.store(trained.state_dict(), meta)
+            _store(entry, run_dir, trained.state_dict(), meta)
         dist.barrier()
     meta = entry.meta()
     load_state_strict(model, entry.state_dict(), entry.weights_path, "cached teacher")

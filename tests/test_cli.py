@@ -57,6 +57,10 @@ def test_smoke_table3_end_to_end(smoke_out: Path, capsys: pytest.CaptureFixture[
     run_dir = Path(r18["run_dir"])
     assert (run_dir / "checkpoint.pt").is_file() and (run_dir / "config.yaml").is_file()
     assert (run_dir / "log.csv").read_text().startswith("step,time,loss_ce,loss_aux,lr")
+    # the cached teacher keeps model.pt and its training log; its run checkpoint (the same weights) is dropped
+    teacher_dir = Path(ledger[ledger["role"] == "teacher"].iloc[0]["run_dir"])
+    assert (teacher_dir / "model.pt").is_file() and (teacher_dir / "run" / "log.csv").is_file()
+    assert not (teacher_dir / "run" / "checkpoint.pt").exists()
     # Each method logs its own named terms, and the discriminator's own step for the CIRKD recipes.
     expected = {"maskd": ["loss_maskd", "loss_maskd_aux"], "cirkd": ["loss_pair", "loss_pixel_memory", "loss_kd"],
                 "skd": ["loss_pairwise", "loss_adv", "loss_d"], "ifvd": ["loss_ifv", "loss_d"],

@@ -107,6 +107,10 @@ def test_resume_after_interruption_gives_the_same_result(tmp_path: Path, schedul
     straight = _trainer(tmp_path / "a", **schedule)
     result = straight.fit()
     assert result is not None and result.steps == 6 and result.metrics["miou"] > 0
+    # finished: the checkpoint keeps the weights only; a run killed while evaluating resumes to the same metrics
+    assert set(load_checkpoint(tmp_path / "a" / "checkpoint.pt")) == {"format", "step", "model"}
+    evaluated_again = _trainer(tmp_path / "a", **schedule).fit(resume=True)
+    assert evaluated_again is not None and evaluated_again.metrics == result.metrics
     interrupted = _trainer(tmp_path / "b", **schedule)
     assert interrupted.fit(stop_after=4) is None  # killed after step 4; last checkpoint is step 3
     with pytest.raises(UserError, match="--resume"):

@@ -30,13 +30,18 @@ def load_checkpoint(path: Path, required: tuple[str, ...] = (), what: str = "che
         ) from err
     if not isinstance(obj, dict):
         raise UserError(f"{what} {path} holds a {type(obj).__name__}, not a state dict.")
+    require_keys(obj, required, path, what)
+    return obj
+
+
+def require_keys(obj: dict[str, Any], required: tuple[str, ...], path: Path, what: str) -> None:
+    """UserError naming the keys of `required` that a loaded checkpoint lacks."""
     missing = [key for key in required if key not in obj]
     if missing:
         raise UserError(
             f"{what} {path} is not one of ours: it lacks {', '.join(missing)}. "
             "Point to a checkpoint written by this suite."
         )
-    return obj
 
 
 def load_state_strict(module: torch.nn.Module, state: dict[str, Any], source: Path, what: str) -> None:

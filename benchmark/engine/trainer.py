@@ -19,7 +19,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from benchmark.config import Preset, ScheduleConfig
 from benchmark.engine import dist
-from benchmark.engine.checkpoint import atomic_torch_save, load_checkpoint, load_state_strict
+from benchmark.engine.checkpoint import atomic_torch_save, load_checkpoint, load_state_strict, require_keys
 from benchmark.engine.sampler import StepBatchSampler
 from benchmark.engine.task_loss import TrainUnit
 from benchmark.errors import UserError
@@ -28,6 +28,7 @@ from benchmark.tasks import SegmentationTask, Task
 
 CHECKPOINT_FORMAT = "kdbench-train-v1"
 CHECKPOINT_KEYS = ("format", "model", "optimizer", "scheduler", "scaler", "step", "rng_cpu")
+FINAL_CHECKPOINT_KEYS = ("format", "model", "step")
 
 
 class NonFiniteLossError(UserError):
@@ -92,6 +93,8 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _state(self, step: int) -> dict[str, Any]:
+        if step == self.schedule.steps:  # finished: optimizer state is only needed to go on training (half the size)
+            return {"format": CHECKPOINT_FORMAT, "step": step, "model": self.unit.state_dict()}
         return {
             "format": CHECKPOINT_FORMAT, "step": step, "model": self.unit.state_dict(),
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
@@ -105,11 +108,14 @@ class Trainer:
         dist.barrier()
 
     def _restore(self) -> int:
-        state = load_checkpoint(self.checkpoint_path, CHECKPOINT_KEYS, what="run checkpoint")
+        state = load_checkpoint(self.checkpoint_path, FINAL_CHECKPOINT_KEYS, what="run checkpoint")
         if state["format"] != CHECKPOINT_FORMAT:
             raise UserError(f"run checkpoint {self.checkpoint_path} has format {state['format']!r}; "
                             f"expected {CHECKPOINT_FORMAT!r}. Start over with --force.")
         load_state_strict(self.unit, state["model"], self.checkpoint_path, "run checkpoint")
+        if state["step"] == self.schedule.steps:  # finished (killed while evaluating): weights only
+            return int(state["step"])
+        require_keys(state, CHECKPOINT_KEYS, self.checkpoint_path, "run checkpoint")
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])

@@ -168,7 +168,7 @@ def ensure_stage(stage: Stage, teacher_key: str, session: Session) -> dict[str, 
         if dist.is_main():
             _store(entry, run_dir, stage.model.state_dict(), {
                 "stage": stage.name, "key": key, "teacher": teacher_key, "config": stage.config,
-                "schedule": to_dict(schedule), **result.metrics,
+                "schedule": to_dict(schedule), "teacher_norm": session.preset.teacher_norm, **result.metrics,
                 "wall_s": {"train_s": result.train_s, "eval_s": result.eval_s}})
             headline = session.task.metrics[0]
             print(f"stage {stage.name} ({key}): {session.task.headline} of the masked teacher "

@@ -3,6 +3,7 @@ from a real smoke cache of `benchmark/run.py --table 1 --methods maskd` (teacher
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -26,6 +27,7 @@ from benchmark.figures.det_common import (
     pick_level,
 )
 from benchmark.models.detectors import detector_features
+from methods.base import BatchStatisticsNorm
 from methods.maskd.masks import token_masks
 from methods.maskd.weighting import MaskWeighting
 
@@ -102,6 +104,20 @@ def test_masks_and_weights_match_the_stage(det_cache: Path) -> None:
             torch.testing.assert_close(lv.weights, weighting(feat)[0], rtol=1e-5, atol=1e-6)
             assert lv.weights is not None and abs(float(lv.weights.sum()) - 1) < 1e-5
             assert lv.big.shape == (6, 64, 80) and lv.big.min() >= 0 and lv.big.max() <= 1
+
+    # A stage learned on a batch-statistics teacher is drawn on one: its masks come from those features.
+    batch_stage = dataclasses.replace(stage, meta={**stage.meta, "teacher_norm": "batch"})
+    assert stage.teacher_norm == "running" and "(BN: batch statistics)" in batch_stage.describe()
+    assert stage.norm_note == "" and "teacher BN: batch statistics" in batch_stage.norm_note
+    batch_model = DetModels().get(teacher, batch_stage, samples.class_names)
+    norms = [type(m) for m in batch_model.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    assert norms and set(norms) == {BatchStatisticsNorm}
+    batch_levels = image_level_masks(batch_model, samples.images[0])
+    with torch.no_grad():
+        _, _, features = detector_features(batch_model.teacher, [samples.images[0]])
+    expected = token_masks(features[levels[0].key], state[f"token_sets.{levels[0].level}.tokens"])[0]
+    torch.testing.assert_close(batch_levels[0].small, expected, rtol=1e-5, atol=1e-6)
+    assert not torch.allclose(batch_levels[0].small, levels[0].small, atol=1e-3)
 
     # The weights printed above the masks of each row ("w = 0.31") add up to 1 (to the printed precision).
     rows = [image_level_masks(model, image)[1] for image in samples.images]

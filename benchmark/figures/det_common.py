@@ -14,7 +14,8 @@ Cache (written by `python benchmark/run.py --table 1`, see `benchmark.experiment
 Masks and weights are computed with the stage model's own `TokenSet.masks` (`token_masks`, σ(E·F)) and
 `TokenSet.weights` (`MaskWeighting`, softmax over the T tokens) on the teacher's FPN levels from
 `detector_features`, one image at a time in eval mode (the weighting module's global pool then sees only that
-image's padding, never a batch neighbour's).
+image's padding, never a batch neighbour's). A stage learned with `teacher_norm: batch` (its meta says so) is
+drawn on a teacher whose BN also uses batch statistics, here those of the one image.
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ from benchmark.figures.caches import CachedRecord, TeacherRecord, _finished, lis
 from benchmark.figures.common import data_root
 from benchmark.models.detectors import DETECTORS, detector_features
 from benchmark.tasks import DetectionTask
+from methods.base import use_batch_statistics
 from methods.maskd.detection import MaskedDetectorTeacher
 
 DET_METHOD = "maskd_det"
@@ -89,6 +91,16 @@ class DetStageRecord(CachedRecord):
         return self.meta.get("schedule", {}).get("steps", "?")
 
     @property
+    def teacher_norm(self) -> str:
+        """How the teacher's BN normalised while the tokens were learned (`Preset.teacher_norm`)."""
+        return str(self.meta.get("teacher_norm", "running"))
+
+    @property
+    def norm_note(self) -> str:
+        """Caption fragment naming a batch-statistics teacher (the default, running statistics, goes unsaid)."""
+        return ", teacher BN: batch statistics" if self.teacher_norm == "batch" else ""
+
+    @property
     def ap(self) -> float | None:
         return self.meta.get("AP")
 
@@ -96,7 +108,8 @@ class DetStageRecord(CachedRecord):
         kind = "learned" if self.task_loss else "diversity-only"
         return (f"detection tokens key {self.key}: {kind}, T={self.num_tokens}, weighting "
                 f"{'on' if self.weighting else 'off'}, {len(self.config.get('levels', []))} levels, teacher "
-                f"{self.teacher_key}, {self.steps} steps, masked-teacher AP {fmt_metric(self.ap)} "
+                f"{self.teacher_key} (BN: {self.teacher_norm} statistics), {self.steps} steps, masked-teacher AP "
+                f"{fmt_metric(self.ap)} "
                 f"({self.config.get('eval_masks', 'union')} masks)")
 
 
@@ -186,9 +199,12 @@ def det_data_root(teacher: DetTeacherRecord, cache_dir: Path, override: Path | N
     return data_root(teacher, cache_dir, override, coco_fingerprint, "COCO (--det-data-root)", DET_HINT)
 
 
-def load_det_teacher(teacher: DetTeacherRecord, class_names: tuple[str, ...],
-                     device: torch.device | str = "cpu") -> nn.Module:
-    """The cached detector, rebuilt from its meta config (`model`, `data` size, `arch`), loaded strictly, eval."""
+def load_det_teacher(teacher: DetTeacherRecord, class_names: tuple[str, ...], device: torch.device | str = "cpu",
+                     norm: str = "running") -> nn.Module:
+    """The cached detector, rebuilt from its meta config (`model`, `data` size, `arch`), loaded strictly, eval.
+
+    `norm="batch"`: its BN normalises with batch statistics, as when its token stage was learned that way.
+    """
     config = teacher.config
     data = config.get("data", {})
     if "height" not in data or "width" not in data:
@@ -198,6 +214,8 @@ def load_det_teacher(teacher: DetTeacherRecord, class_names: tuple[str, ...],
     task = DetectionTask(class_names, (int(data["height"]), int(data["width"])))
     model = task.build_model(config.get("model", teacher.model), preset)
     load_state_strict(model, teacher.entry.state_dict(), teacher.entry.weights_path, "cached detection teacher")
+    if norm == "batch":
+        use_batch_statistics(model)
     return model.to(device).eval()
 
 
@@ -224,15 +242,17 @@ class DetModels:
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = device
-        self._teachers: dict[str, nn.Module] = {}
+        self._teachers: dict[tuple[str, str], nn.Module] = {}
         self._stages: dict[str, MaskedDetectorTeacher] = {}
 
     def get(self, teacher: DetTeacherRecord, stage: DetStageRecord,
             class_names: tuple[str, ...]) -> MaskedDetectorTeacher:
-        if teacher.key not in self._teachers:
-            self._teachers[teacher.key] = load_det_teacher(teacher, class_names, self.device)
+        """The stage model on its teacher, normalised as when the stage was learned (`stage.teacher_norm`)."""
+        norm = (teacher.key, stage.teacher_norm)
+        if norm not in self._teachers:
+            self._teachers[norm] = load_det_teacher(teacher, class_names, self.device, stage.teacher_norm)
         if stage.key not in self._stages:
-            self._stages[stage.key] = load_stage_model(stage, self._teachers[teacher.key]).to(self.device)
+            self._stages[stage.key] = load_stage_model(stage, self._teachers[norm]).to(self.device)
         return self._stages[stage.key]
 
 

@@ -94,7 +94,8 @@ def render(samples: DetSamples, rows: list[LevelMasks], teacher: DetTeacherRecor
             f"MasKD detection: masks and their weights at FPN level {lv0.name} ({lv0.level}, stride {lv0.stride}, "
             f"{h}×{w} features) (paper Fig. 3b)\nteacher {teacher.model} key {teacher.key} "
             f"(AP {fmt_metric(teacher.ap)}) "
-            f"· token stage {stage.key}: T = {t}, {stage.steps} steps, masked-teacher AP {fmt_metric(stage.ap)}\n"
+            f"· token stage {stage.key}: T = {t}, {stage.steps} steps, masked-teacher AP {fmt_metric(stage.ap)}"
+            f"{stage.norm_note}\n"
             "w: per-image token weights of the mask weighting module (softmax over tokens; largest framed)",
             fontsize=7)
         assert shown is not None

@@ -41,8 +41,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--teacher-ckpt", type=Path, help="use these teacher weights instead of training one")
     p.add_argument("--backbone-weights", nargs="+", default=[], metavar="NAME=PATH",
                    help="ImageNet weights per backbone, e.g. resnet18=r18.pth (torchvision state dicts)")
-    p.add_argument("--set", dest="overrides", nargs="+", default=[], metavar="KEY=VALUE",
-                   help="override preset values, e.g. student.steps=100 data.workers=0")
+    p.add_argument("--set", dest="overrides", nargs="+", action="extend", default=[], metavar="KEY=VALUE",
+                   help="override preset values, e.g. student.steps=100 data.workers=0 (repeatable; a section "
+                        "the preset's detection block redefines takes it too; detection.KEY=VALUE: detection only)")
     p.add_argument("--resume", action="store_true", help="continue interrupted runs from their checkpoints")
     p.add_argument("--force", action="store_true", help="retrain runs the ledger already has")
     p.add_argument("--dry-run", action="store_true", help="print the plan (runs, cache state, time) and exit")

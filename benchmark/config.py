@@ -291,7 +291,13 @@ def load_preset(name: str, overrides: list[str] | None = None) -> Preset:
         data["description"] = data.get("description", name) + note
         if "description" in data.get("detection", {}):
             data["detection"] = {**data["detection"], "description": data["detection"]["description"] + note}
-    return merge(from_dict(Preset, data), parse_overrides(overrides or []), "--set ")
+    updates = parse_overrides(overrides or [])
+    # A section the detection block redefines (e.g. `student`) takes the override too, so `--set student.steps=50`
+    # reaches detection tables as well; `--set detection.student.steps=50` reaches them alone.
+    mirrored = {k: v for k, v in updates.items() if k != "detection" and k in data.get("detection", {})}
+    if mirrored:
+        updates["detection"] = {**mirrored, **updates.get("detection", {})}
+    return merge(from_dict(Preset, data), updates, "--set ")
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmark.cli import parser
 from benchmark.config import (
     Preset,
     ScheduleConfig,
@@ -74,9 +75,27 @@ def test_overrides_are_named_in_the_description_without_changing_keys() -> None:
         assert preset.description.endswith("; with --set detection.teacher.steps=100")
     assert for_task(changed, "det").teacher.steps == 100
     assert semantic(to_dict(base)) != semantic(to_dict(changed))  # the override itself is semantic...
-    noted = load_preset("cpu", ["student.steps=150"])  # ...the note is not: a no-op override keeps the key
+    noted = load_preset("cpu", ["log_every=10"])  # ...the note is not: a no-op override keeps the key
     assert noted.description != base.description
     assert semantic(to_dict(noted)) == semantic(to_dict(base))
+
+
+def test_an_override_reaches_the_detection_block_that_redefines_its_section() -> None:
+    """`--set student.steps=7` applies to segmentation and detection tables; `detection.student.steps` to the
+    latter only, and wins there; sections the detection block leaves alone are shared as before."""
+    both = load_preset("cpu", ["student.steps=7", "log_every=3"])
+    assert both.student.steps == 7 and for_task(both, "det").student.steps == 7
+    assert for_task(both, "det").student.optimizer == "adamw"  # the rest of the detection schedule stays
+    assert for_task(both, "det").log_every == 3
+    det_only = load_preset("cpu", ["detection.student.steps=9"])
+    assert det_only.student.steps == 150 and for_task(det_only, "det").student.steps == 9
+    specific = load_preset("cpu", ["student.steps=7", "detection.student.steps=9"])
+    assert (specific.student.steps, for_task(specific, "det").student.steps) == (7, 9)
+
+
+def test_repeated_set_flags_accumulate() -> None:
+    args = parser().parse_args(["--table", "1", "--set", "student.steps=7", "--set", "student.lr=0.1", "log_every=2"])
+    assert args.overrides == ["student.steps=7", "student.lr=0.1", "log_every=2"]
 
 
 def test_unknown_preset_and_table_name_the_choices() -> None:

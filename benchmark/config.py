@@ -6,6 +6,7 @@ Table specs (`configs/tables/*.yaml`) name rows; a row may override the student 
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import difflib
 import types
@@ -294,9 +295,10 @@ def load_preset(name: str, overrides: list[str] | None = None) -> Preset:
     updates = parse_overrides(overrides or [])
     # A section the detection block redefines (e.g. `student`) takes the override too, so `--set student.steps=50`
     # reaches detection tables as well; `--set detection.student.steps=50` reaches them alone.
-    mirrored = {k: v for k, v in updates.items() if k != "detection" and k in data.get("detection", {})}
+    mirrored = copy.deepcopy({k: v for k, v in updates.items() if k != "detection" and k in data.get("detection", {})})
     if mirrored:
-        updates["detection"] = {**mirrored, **updates.get("detection", {})}
+        _deep_update(mirrored, updates.get("detection", {}))
+        updates["detection"] = mirrored
     return merge(from_dict(Preset, data), updates, "--set ")
 
 

@@ -91,6 +91,8 @@ def test_an_override_reaches_the_detection_block_that_redefines_its_section() ->
     assert det_only.student.steps == 150 and for_task(det_only, "det").student.steps == 9
     specific = load_preset("cpu", ["student.steps=7", "detection.student.steps=9"])
     assert (specific.student.steps, for_task(specific, "det").student.steps) == (7, 9)
+    mixed = for_task(load_preset("cpu", ["student.steps=7", "detection.student.lr=0.5"]), "det")
+    assert (mixed.student.steps, mixed.student.lr) == (7, 0.5)  # merged key by key, not section by section
 
 
 def test_repeated_set_flags_accumulate() -> None:

@@ -93,10 +93,10 @@ class Trainer:
 
     # ---------------------------------------------------------------- checkpoints
     def _state(self, step: int) -> dict[str, Any]:
+        state = {"format": CHECKPOINT_FORMAT, "step": step, "model": self.unit.state_dict()}
         if step == self.schedule.steps:  # finished: optimizer state is only needed to go on training (half the size)
-            return {"format": CHECKPOINT_FORMAT, "step": step, "model": self.unit.state_dict()}
-        return {
-            "format": CHECKPOINT_FORMAT, "step": step, "model": self.unit.state_dict(),
+            return state
+        return state | {
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "rng_cpu": torch.get_rng_state(),
             "rng_cuda": torch.cuda.get_rng_state_all() if self.cuda else [],

@@ -248,11 +248,11 @@ class DetModels:
     def get(self, teacher: DetTeacherRecord, stage: DetStageRecord,
             class_names: tuple[str, ...]) -> MaskedDetectorTeacher:
         """The stage model on its teacher, normalised as when the stage was learned (`stage.teacher_norm`)."""
-        norm = (teacher.key, stage.teacher_norm)
-        if norm not in self._teachers:
-            self._teachers[norm] = load_det_teacher(teacher, class_names, self.device, stage.teacher_norm)
+        normalised = (teacher.key, stage.teacher_norm)
+        if normalised not in self._teachers:
+            self._teachers[normalised] = load_det_teacher(teacher, class_names, self.device, stage.teacher_norm)
         if stage.key not in self._stages:
-            self._stages[stage.key] = load_stage_model(stage, self._teachers[norm]).to(self.device)
+            self._stages[stage.key] = load_stage_model(stage, self._teachers[normalised]).to(self.device)
         return self._stages[stage.key]
 
 

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
-from torchvision.models.detection import fasterrcnn_resnet50_fpn, fcos_resnet50_fpn
+from torchvision.models.detection import fasterrcnn_resnet50_fpn, fcos_resnet50_fpn, retinanet_resnet50_fpn_v2
 
 from benchmark.errors import UserError
 from benchmark.models import build_backbone, count_params_m
@@ -213,3 +213,21 @@ def test_anchor_scale_shrinks_the_default_anchors() -> None:
     assert default.anchor_generator.sizes[0] == (32, 40, 50)  # torchvision's own default, unchanged
     with pytest.raises(UserError, match="anchor_scale must be positive"):
         build_detector("faster_rcnn_r50", 4, min_size=64, max_size=64, anchor_scale=0.0)
+
+
+def test_retinanet_v2_head_is_torchvisions() -> None:
+    """head_norm="gn" + box_loss="giou" is torchvision's retinanet_resnet50_fpn_v2 (P6 from C5 in both)."""
+    with torch.device("meta"):
+        ours = build_detector("retinanet_r50", 5, head_norm="gn", box_loss="giou")
+        theirs = retinanet_resnet50_fpn_v2(weights=None, weights_backbone=None, num_classes=5)
+        scaled = build_detector("retinanet_r50", 5, anchor_scale=0.5, head_norm="gn")
+    assert {k: v.shape for k, v in ours.state_dict().items()} == {k: v.shape for k, v in theirs.state_dict().items()}
+    assert ours.head.regression_head._loss_type == "giou"
+    assert isinstance(scaled.head.classification_head.conv[0][1], nn.GroupNorm)
+    assert scaled.head.regression_head._loss_type == "l1"
+    assert scaled.anchor_generator.sizes[0] == (16, 20, 25)
+    for kwargs, message in (({"head_norm": "bn"}, "unknown head_norm 'bn'; valid: none, gn"),
+                            ({"box_loss": "iou"}, "unknown box_loss 'iou'"),
+                            ({"head_norm": "gn", "name": "fcos_r50"}, "RetinaNet options; fcos")):
+        with pytest.raises(UserError, match=message), torch.device("meta"):
+            build_detector(kwargs.pop("name", "retinanet_r50"), 5, **kwargs)

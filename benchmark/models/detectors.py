@@ -66,6 +66,7 @@ import contextlib
 import difflib
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
+from functools import partial
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -77,6 +78,7 @@ from torchvision.models.detection.anchor_utils import AnchorGenerator
 from torchvision.models.detection.backbone_utils import _resnet_fpn_extractor
 from torchvision.models.detection.generalized_rcnn import GeneralizedRCNN
 from torchvision.models.detection.image_list import ImageList
+from torchvision.models.detection.retinanet import RetinaNetHead
 from torchvision.ops import misc as misc_nn_ops
 from torchvision.ops.feature_pyramid_network import LastLevelMaxPool, LastLevelP6P7
 
@@ -112,6 +114,8 @@ NEEDS_MM_BACKEND: frozenset[str] = frozenset({
 })
 MM_BACKEND_NOTE = "needs the OpenMMLab backend"
 NORMS = ("bn", "frozen")
+HEAD_NORMS = ("none", "gn")
+BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 
 
 def list_detectors(include_mm_backend: bool = False) -> list[str]:
@@ -140,6 +144,8 @@ def build_detector(
     trainable_layers: int = 5,
     norm: str = "bn",
     anchor_scale: float = 1.0,
+    head_norm: str = "none",
+    box_loss: str = "l1",
     **detector_kwargs: Any,
 ) -> nn.Module:
     """Build a registered detector (a bare torchvision model with ``tap_points`` and level attributes).
@@ -153,6 +159,9 @@ def build_detector(
     ``anchor_scale`` multiplies torchvision's default anchor sizes (Faster R-CNN 32–512, RetinaNet 32–512 with 3
     octave scales; FCOS has point anchors and ignores it): small images with small objects need e.g. 0.5, or
     the RPN finds no positive anchor for most objects.
+    RetinaNet only: ``head_norm="gn"`` puts GroupNorm(32) after each head conv and ``box_loss`` picks
+    torchvision's regression loss ("l1" default, "smooth_l1", "giou", "diou", "ciou"); "gn" with "giou" is
+    torchvision's ``retinanet_resnet50_fpn_v2`` head. The defaults are the paper's (mmdet) RetinaNet head.
     ``detector_kwargs`` go to the torchvision class (e.g. ``box_detections_per_img``, ``score_thresh``).
     Extra attributes: ``family``, ``fpn_levels``, ``fpn_strides``, ``tap_points``.
     """
@@ -185,6 +194,7 @@ def build_detector(
     if anchor_scale != 1.0 and spec["family"] != "fcos":
         key = "rpn_anchor_generator" if spec["family"] == "faster_rcnn" else "anchor_generator"
         detector_kwargs[key] = _scaled_anchors(spec["family"], anchor_scale)
+    detector_kwargs |= _retinanet_head(spec["family"], num_classes, head_norm, box_loss, detector_kwargs)
     model = _CLASSES[spec["family"]](backbone, num_classes, min_size=sizes, max_size=max_size, **detector_kwargs)
     model.family = spec["family"]
     model.fpn_levels = family["levels"]
@@ -201,6 +211,25 @@ def _scaled_anchors(family: str, scale: float) -> AnchorGenerator:
     octaves = (1.0,) if family == "faster_rcnn" else (1.0, 2 ** (1 / 3), 2 ** (2 / 3))  # RetinaNet: 3 scales
     sizes = tuple(tuple(max(1, int(b * o * scale)) for o in octaves) for b in bases)
     return AnchorGenerator(sizes, ((0.5, 1.0, 2.0),) * len(bases))
+
+
+def _retinanet_head(family: str, num_classes: int, head_norm: str, box_loss: str,
+                    kwargs: Mapping[str, Any]) -> dict[str, nn.Module]:
+    """``{"head": RetinaNetHead}`` for a non-default RetinaNet head, else ``{}``; other families reject the options."""
+    if head_norm not in HEAD_NORMS:
+        raise UserError(f"unknown head_norm {head_norm!r}; valid: {', '.join(HEAD_NORMS)}")
+    if box_loss not in BOX_LOSSES:
+        raise UserError(f"unknown box_loss {box_loss!r}; valid: {', '.join(BOX_LOSSES)}")
+    if (head_norm, box_loss) == ("none", "l1"):
+        return {}
+    if family != "retinanet":
+        raise UserError(f"head_norm and box_loss are RetinaNet options; {family} has its own head "
+                        "(FCOS's already uses GroupNorm)")
+    anchors = kwargs.get("anchor_generator") or _scaled_anchors(family, 1.0)
+    norm = partial(nn.GroupNorm, 32) if head_norm == "gn" else None
+    head = RetinaNetHead(FPN_CHANNELS, anchors.num_anchors_per_location()[0], num_classes, norm_layer=norm)
+    head.regression_head._loss_type = box_loss  # torchvision's switch (retinanet_resnet50_fpn_v2 sets "giou")
+    return {"head": head}
 
 
 def _tap_points(family: str) -> dict[str, str]:

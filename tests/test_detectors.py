@@ -226,8 +226,8 @@ def test_retinanet_v2_head_is_torchvisions() -> None:
     assert isinstance(scaled.head.classification_head.conv[0][1], nn.GroupNorm)
     assert scaled.head.regression_head._loss_type == "l1"
     assert scaled.anchor_generator.sizes[0] == (16, 20, 25)
-    for kwargs, message in (({"head_norm": "bn"}, "unknown head_norm 'bn'; valid: none, gn"),
-                            ({"box_loss": "iou"}, "unknown box_loss 'iou'"),
-                            ({"head_norm": "gn", "name": "fcos_r50"}, "RetinaNet options; fcos")):
+    for name, kwargs, message in (("retinanet_r50", {"head_norm": "bn"}, "unknown head_norm 'bn'; valid: none, gn"),
+                                  ("retinanet_r50", {"box_loss": "iou"}, "unknown box_loss 'iou'"),
+                                  ("fcos_r50", {"head_norm": "gn"}, "RetinaNet options; fcos")):
         with pytest.raises(UserError, match=message), torch.device("meta"):
-            build_detector(kwargs.pop("name", "retinanet_r50"), 5, **kwargs)
+            build_detector(name, 5, **kwargs)

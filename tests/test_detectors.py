@@ -231,3 +231,20 @@ def test_retinanet_v2_head_is_torchvisions() -> None:
                                   ("fcos_r50", {"head_norm": "gn"}, "RetinaNet options; fcos")):
         with pytest.raises(UserError, match=message), torch.device("meta"):
             build_detector(name, 5, **kwargs)
+
+
+def test_bn_eval_normalises_with_running_statistics_and_trains_affine() -> None:
+    model = build_detector("retinanet_r50", 4, 64, 64, norm="bn_eval")
+    bn = model.backbone.body.layer1[0].bn1
+    with torch.no_grad():
+        bn.running_mean.fill_(2.0), bn.running_var.fill_(4.0), bn.weight.fill_(3.0), bn.bias.fill_(1.0)
+    x = torch.randn(2, bn.num_features, 5, 5) * 7 + 3
+    bn.train()
+    out = bn(x)
+    assert torch.allclose(out, 3.0 * (x - 2.0) / torch.sqrt(torch.tensor(4.0) + bn.eps) + 1.0, atol=1e-5)
+    assert torch.equal(bn.running_mean, torch.full_like(bn.running_mean, 2.0))  # no momentum update
+    out.sum().backward()
+    assert bn.weight.grad is not None and bn.bias.grad.abs().sum() > 0
+    # The state dict is BatchNorm2d's: it loads strictly into the bare torchvision RetinaNet.
+    plain = build_detector("retinanet_r50", 4, 64, 64)
+    plain.load_state_dict(model.state_dict(), strict=True)

@@ -40,6 +40,14 @@ layer4). ``norm="frozen"`` (torchvision's and mmdet's recipe for real ImageNet w
 ``pretrained_backbone``. With ``norm="bn"`` and ``trainable_layers < 5`` the frozen stages keep no
 gradient but their BN still normalises with batch statistics in train mode.
 
+``norm="bn_eval"`` is mmdet's ``norm_eval=True`` with ``requires_grad=True``, the setting of the paper's
+configs: BatchNorm that always normalises with its running (i.e. loaded, pretrained) statistics and keeps
+its affine parameters trainable (``RunningStatisticsNorm``; same state-dict keys as ``BatchNorm2d``). It
+exists because plain BN at batch 4 breaks RetinaNet in eval mode: a RetinaNet R50 fitted to 16 training
+images (200 steps, focal loss 0.10 with batch statistics) has focal loss 4.19 on the same images with its
+running statistics and scores AP 5.5 on them; with ``bn_eval`` the two losses agree (0.32) and it scores
+AP 22.4. Load pretrained weights before training (the harness does), or it normalises with mean 0, var 1.
+
 Classes: ``num_classes`` counts the background, exactly as torchvision's (labels 1..num_classes−1,
 0 = background). RetinaNet and FCOS have no background logit in principle; they keep an unused class-0
 logit so one label map serves every family, as torchvision's COCO models do with 91 for all three.
@@ -113,7 +121,7 @@ NEEDS_MM_BACKEND: frozenset[str] = frozenset({
     "reppoints_x101",  # RepPoints X101, Table 2 teacher
 })
 MM_BACKEND_NOTE = "needs the OpenMMLab backend"
-NORMS = ("bn", "frozen")
+NORMS = ("bn", "frozen", "bn_eval")
 HEAD_NORMS = ("none", "gn")
 BOX_LOSSES = ("l1", "smooth_l1", "giou", "diou", "ciou")
 
@@ -133,6 +141,15 @@ def _check_name(name: str) -> None:
     close = difflib.get_close_matches(name, list_detectors(include_mm_backend=True), n=1)
     hint = f" Did you mean {close[0]!r}?" if close else ""
     raise UserError(f"unknown detector {name!r}.{hint} Valid detectors: {', '.join(list_detectors())}")
+
+
+class RunningStatisticsNorm(nn.BatchNorm2d):
+    """BatchNorm2d that normalises with its running statistics in train mode too and never updates them
+    (mmdet's ``norm_eval=True``); weight and bias still train. State-dict keys are BatchNorm2d's."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
+                                        training=False, momentum=0.0, eps=self.eps)
 
 
 def build_detector(
@@ -155,7 +172,8 @@ def build_detector(
     batch in train mode, the last in eval). ``pretrained_backbone``: a classification state dict (file or
     mapping) in torchvision's ResNet layout, loaded as ``load_detector_backbone_weights`` does.
     ``trainable_layers`` (0–5) counts ResNet stages from ``layer4`` down, 5 = all. ``norm`` "bn" (default,
-    see the module docstring) or "frozen" (``FrozenBatchNorm2d``, needs ``pretrained_backbone``).
+    see the module docstring), "frozen" (``FrozenBatchNorm2d``, needs ``pretrained_backbone``) or "bn_eval"
+    (mmdet's ``norm_eval``: running statistics always, trainable affine; load pretrained weights).
     ``anchor_scale`` multiplies torchvision's default anchor sizes (Faster R-CNN 32–512, RetinaNet 32–512 with 3
     octave scales; FCOS has point anchors and ignores it): small images with small objects need e.g. 0.5, or
     the RPN finds no positive anchor for most objects.
@@ -183,7 +201,7 @@ def build_detector(
     if norm == "frozen" and pretrained_backbone is None:
         raise UserError("norm='frozen' needs pretrained_backbone: frozen statistics of an untrained network are "
                         "the identity, so the backbone would train without normalisation; use norm='bn'")
-    norm_layer = misc_nn_ops.FrozenBatchNorm2d if norm == "frozen" else nn.BatchNorm2d
+    norm_layer = {"bn": nn.BatchNorm2d, "frozen": misc_nn_ops.FrozenBatchNorm2d, "bn_eval": RunningStatisticsNorm}[norm]
     resnet = _RESNETS[spec["backbone"]](weights=None, norm_layer=norm_layer)
     c5 = resnet.inplanes  # 2048 after construction
     extra = {None: LastLevelMaxPool(), "c5": LastLevelP6P7(c5, FPN_CHANNELS),

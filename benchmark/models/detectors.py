@@ -35,8 +35,8 @@ plain ``BatchNorm2d`` and train all 5 stages. We follow that rule by default (``
 pretraining: the stand-in's BN statistics describe 64×64 patches of another task, so freezing them (or
 freezing early stages that learnt from a few thousand patches) has no justification, and a randomly
 initialised FrozenBN is the identity, i.e. no normalisation at all. Plain BN with the CPU presets' small
-batches (2–4 images) is noisy but works: each channel still averages over N·H·W positions (hundreds at
-layer4). ``norm="frozen"`` (torchvision's and mmdet's recipe for real ImageNet weights) needs a
+batches (2–4 images) trains, but its running statistics can disagree with the batch statistics it trained
+on, badly so for RetinaNet (below). ``norm="frozen"`` (torchvision's and mmdet's recipe for real ImageNet weights) needs a
 ``pretrained_backbone``. With ``norm="bn"`` and ``trainable_layers < 5`` the frozen stages keep no
 gradient but their BN still normalises with batch statistics in train mode.
 

@@ -36,8 +36,8 @@ pretraining: the stand-in's BN statistics describe 64×64 patches of another tas
 freezing early stages that learnt from a few thousand patches) has no justification, and a randomly
 initialised FrozenBN is the identity, i.e. no normalisation at all. Plain BN with the CPU presets' small
 batches (2–4 images) trains, but its running statistics can disagree with the batch statistics it trained
-on, badly so for RetinaNet (below). ``norm="frozen"`` (torchvision's and mmdet's recipe for real ImageNet weights) needs a
-``pretrained_backbone``. With ``norm="bn"`` and ``trainable_layers < 5`` the frozen stages keep no
+on, badly so for RetinaNet (below). ``norm="frozen"`` (torchvision's and mmdet's recipe for real ImageNet
+weights) needs a ``pretrained_backbone``. With ``norm="bn"`` and ``trainable_layers < 5`` the frozen stages keep no
 gradient but their BN still normalises with batch statistics in train mode.
 
 ``norm="bn_eval"`` is mmdet's ``norm_eval=True`` with ``requires_grad=True``, the setting of the paper's

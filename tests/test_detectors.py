@@ -24,6 +24,7 @@ from benchmark.models.detectors import (
     list_detectors,
     load_detector_backbone_weights,
 )
+from methods.base import use_batch_statistics
 from methods.taps import TapRecorder, resolve_taps
 
 R50 = {"faster_rcnn": "faster_rcnn_r50", "retinanet": "retinanet_r50", "fcos": "fcos_r50"}
@@ -248,3 +249,5 @@ def test_bn_eval_normalises_with_running_statistics_and_trains_affine() -> None:
     # The state dict is BatchNorm2d's: it loads strictly into the bare torchvision RetinaNet.
     plain = build_detector("retinanet_r50", 4, 64, 64)
     plain.load_state_dict(model.state_dict(), strict=True)
+    # teacher_norm: batch leaves it alone: a bn_eval teacher never trained on batch statistics.
+    assert use_batch_statistics(model) == 0 and use_batch_statistics(plain) > 0

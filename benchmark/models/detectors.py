@@ -31,14 +31,14 @@ Tap points (``model.tap_points``, logical name → module path for ``methods.tap
 Normalisation and frozen stages. torchvision uses ``FrozenBatchNorm2d`` and freezes ``conv1``/``layer1``
 (trainable_layers=3) only when it loads ImageNet weights; with ``weights_backbone=None`` its builders use
 plain ``BatchNorm2d`` and train all 5 stages. We follow that rule by default (``norm="bn"``,
-``trainable_layers=5``) because our backbones start from scratch or from the embedded stand-in
-pretraining: the stand-in's BN statistics describe 64×64 patches of another task, so freezing them (or
-freezing early stages that learnt from a few thousand patches) has no justification, and a randomly
-initialised FrozenBN is the identity, i.e. no normalisation at all. Plain BN with the CPU presets' small
-batches (2–4 images) trains, but its running statistics can disagree with the batch statistics it trained
-on, badly so for RetinaNet (below). ``norm="frozen"`` (torchvision's and mmdet's recipe for real ImageNet
-weights) needs a ``pretrained_backbone``. With ``norm="bn"`` and ``trainable_layers < 5`` the frozen stages keep no
-gradient but their BN still normalises with batch statistics in train mode.
+``trainable_layers=5``) because our backbones start from scratch or from the embedded stand-in pretraining:
+the stand-in's BN statistics describe 64×64 patches of another task (but see bn_eval below), freezing early
+stages that learnt from a few thousand patches has no justification, and a randomly initialised FrozenBN is
+the identity, i.e. no normalisation at all. Plain BN with the CPU presets' small batches (2–4 images)
+trains, but its running statistics can disagree with the batch statistics it trained on, badly so for
+RetinaNet (below). ``norm="frozen"`` (torchvision's and mmdet's recipe for real ImageNet weights) needs a
+``pretrained_backbone``. With ``norm="bn"`` and ``trainable_layers < 5`` the frozen stages keep no gradient
+but their BN still normalises with batch statistics in train mode.
 
 ``norm="bn_eval"`` is mmdet's ``norm_eval=True`` with ``requires_grad=True``, the setting of the paper's
 configs: BatchNorm that always normalises with its running (i.e. loaded, pretrained) statistics and keeps

@@ -27,6 +27,7 @@ from benchmark.errors import UserError
 from benchmark.export import student_state
 from benchmark.ledger import Ledger, experiment_key
 from benchmark.models import count_params_m
+from benchmark.models.detectors import KEPT_STATISTICS_NORMS
 from benchmark.plan import BASELINE, RowSpec, RunSpec
 from benchmark.tasks import Task
 from methods import Stage, build_method
@@ -61,6 +62,11 @@ def build_model(row: RowSpec, session: Session) -> torch.nn.Module:
         task.load_backbone(model, pretrained_backbone_state(task.backbone_of(row.model), session.preset,
                                                             session.cache_dir, session.device,
                                                             session.user_weights, task.standin))
+    elif any(isinstance(m, KEPT_STATISTICS_NORMS) for m in model.modules()):
+        raise UserError(f"{row.id}: {row.model} keeps its BatchNorm statistics fixed (the preset's norm "
+                        "'bn_eval' or 'frozen'), but the row is not pretrained, so it would normalise with "
+                        "mean 0 and variance 1 throughout; set `pretrained: true` on the row or `norm: bn` "
+                        "in the preset's model.detector section")
     return model
 
 

@@ -175,3 +175,21 @@ def test_bad_coco_root_names_the_expected_layout(tmp_path: Path, capsys: pytest.
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("error: ") and "Traceback" not in err
     assert "annotations/instances_train2017.json" in err and "--data-root" in err
+
+
+def test_kept_statistics_norm_without_pretrained_weights_is_refused(
+        det_out: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """bn_eval over an untrained backbone would normalise with mean 0, var 1 for the whole run: exit 2 first."""
+    cache, _ = det_out
+    spec = yaml.safe_load((ROOT / "configs/tables/table1.yaml").read_text())
+    spec["blocks"][0]["teacher"]["pretrained"] = False
+    path = tmp_path / "scratch_teacher.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    out = tmp_path / "out"
+    code = main(["--config", str(path), "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
+                 "--out", str(out), "--rows", "faster_r50", "--methods", "baseline",
+                 "--set", "detection.model.detector.faster_rcnn.norm=bn_eval"])
+    err = capsys.readouterr().err
+    assert code == 2 and "Traceback" not in err
+    assert "faster_teacher" in err and "not pretrained" in err and "pretrained: true" in err
+    assert not (out / "ledger.csv").exists()

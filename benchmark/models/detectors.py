@@ -46,7 +46,8 @@ its affine parameters trainable (``RunningStatisticsNorm``; same state-dict keys
 exists because plain BN at batch 4 breaks RetinaNet in eval mode: a RetinaNet R50 fitted to 16 training
 images (200 steps, focal loss 0.10 with batch statistics) has focal loss 4.19 on the same images with its
 running statistics and scores AP 5.5 on them; with ``bn_eval`` the two losses agree (0.32) and it scores
-AP 22.4. Load pretrained weights before training (the harness does), or it normalises with mean 0, var 1.
+AP 22.4. Load pretrained weights before training, or it normalises with mean 0, var 1: the harness
+refuses a row that is not pretrained with either kept-statistics norm (``KEPT_STATISTICS_NORMS``).
 
 Classes: ``num_classes`` counts the background, exactly as torchvision's (labels 1..num_classes−1,
 0 = background). RetinaNet and FCOS have no background logit in principle; they keep an unused class-0
@@ -150,6 +151,10 @@ class RunningStatisticsNorm(nn.BatchNorm2d):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias,
                                         training=False, momentum=0.0, eps=self.eps)
+
+
+# Norm layers whose statistics never change in training: useful only over pretrained statistics.
+KEPT_STATISTICS_NORMS = (RunningStatisticsNorm, misc_nn_ops.FrozenBatchNorm2d)
 
 
 def build_detector(

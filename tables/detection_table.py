@@ -78,9 +78,20 @@ def build_detection_table(runs: pd.DataFrame, spec: dict, caption: str, paper: d
 
 TEACHER_NORM = {
     "running": "The frozen teacher's BN uses its running statistics (eval mode, as the official code).",
-    "batch": "The frozen teacher's BN normalises with each batch's statistics while distilling and in the token "
-             "stage (teacher_norm: batch; its running statistics put some images' features off scale).",
+    "batch": "The frozen teacher's plain BN normalises with each batch's statistics while distilling and in the "
+             "token stage (teacher_norm: batch; its running statistics put some images' features off scale).",
 }
+NORM_NAMES = {"frozen": "FrozenBatchNorm", "bn_eval": "BN with kept pretrained statistics and trained affine (mmdet's "
+              "norm_eval)"}
+
+
+def backbone_norms(preset: Preset) -> str:
+    """A caption sentence naming the detector families whose backbone BN is not plain BN ('' if none)."""
+    families: dict[str, list[str]] = {}
+    for family, options in sorted(preset.model.detector.items()):
+        if options.get("norm", "bn") != "bn":
+            families.setdefault(options["norm"], []).append(family)
+    return "".join(f"Backbone norm of {', '.join(names)}: {NORM_NAMES[norm]}. " for norm, names in families.items())
 
 
 def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: dict[str, str]) -> str:
@@ -92,7 +103,7 @@ def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: d
         f"images, flip {'on' if preset.data.flip else 'off'}. Teacher: {t.describe()}; students: {s.describe()}; "
         f"MasKD token stage: {k.steps} steps x batch {k.batch_size} with each detector's official token "
         "optimizer (Faster R-CNN SGD lr 0.1, wd 1e-4; RetinaNet/FCOS Adam lr 0.01, wd 1e-3; cosine to 1e-6; "
-        f"configs/methods/maskd_det.yaml). {TEACHER_NORM[preset.teacher_norm]} "
+        f"configs/methods/maskd_det.yaml). {backbone_norms(preset)}{TEACHER_NORM[preset.teacher_norm]} "
         f"Seeds {', '.join(map(str, seeds))}; final checkpoint. "
         f"Pretrained backbones: {pretrained} ('embedded-pretrain' = our ImageNet stand-in: multi-label "
         "classification of object-centred crops of generated detection scenes disjoint from train and val)."

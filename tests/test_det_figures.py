@@ -23,6 +23,7 @@ from benchmark.figures.det_common import (
     det_data_root,
     det_val_samples,
     image_level_masks,
+    norm_note,
     pick_det,
     pick_level,
 )
@@ -108,7 +109,10 @@ def test_masks_and_weights_match_the_stage(det_cache: Path) -> None:
     # A stage learned on a batch-statistics teacher is drawn on one: its masks come from those features.
     batch_stage = dataclasses.replace(stage, meta={**stage.meta, "teacher_norm": "batch"})
     assert stage.teacher_norm == "running" and "(BN: batch statistics)" in batch_stage.describe()
-    assert stage.norm_note == "" and "teacher BN: batch statistics" in batch_stage.norm_note
+    assert norm_note(teacher, stage) == "" and norm_note(teacher, batch_stage) == ", teacher BN: batch statistics"
+    arch = {**teacher.config.get("arch", {}), "detector": {"faster_rcnn": {"norm": "bn_eval"}}}
+    kept = dataclasses.replace(teacher, meta={**teacher.meta, "config": {**teacher.config, "arch": arch}})
+    assert norm_note(kept, batch_stage) == ", teacher BN: kept pretrained statistics (bn_eval)"  # left alone
     batch_model = DetModels().get(teacher, batch_stage, samples.class_names)
     norms = [type(m) for m in batch_model.teacher.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     assert norms and set(norms) == {BatchStatisticsNorm}

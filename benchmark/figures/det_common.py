@@ -61,6 +61,12 @@ class DetTeacherRecord(TeacherRecord):
     def ap(self) -> float | None:
         return self.meta.get("AP")
 
+    @property
+    def backbone_norm(self) -> str:
+        """The backbone's norm as built (`build_detector`'s ``norm``: "bn", "bn_eval" or "frozen")."""
+        family = DETECTORS.get(self.config.get("model", self.model), {}).get("family")
+        return str(self.config.get("arch", {}).get("detector", {}).get(family, {}).get("norm", "bn"))
+
     def describe(self) -> str:
         data = self.config.get("data", {}).get("id", "?")
         return f"detection teacher {self.model} key {self.key}: AP {fmt_metric(self.ap)}, data {data}"
@@ -95,10 +101,6 @@ class DetStageRecord(CachedRecord):
         """How the teacher's BN normalised while the tokens were learned (`Preset.teacher_norm`)."""
         return str(self.meta.get("teacher_norm", "running"))
 
-    @property
-    def norm_note(self) -> str:
-        """Caption fragment naming a batch-statistics teacher (the default, running statistics, goes unsaid)."""
-        return ", teacher BN: batch statistics" if self.teacher_norm == "batch" else ""
 
     @property
     def ap(self) -> float | None:
@@ -111,6 +113,17 @@ class DetStageRecord(CachedRecord):
                 f"{self.teacher_key} (BN: {self.teacher_norm} statistics), {self.steps} steps, masked-teacher AP "
                 f"{fmt_metric(self.ap)} "
                 f"({self.config.get('eval_masks', 'union')} masks)")
+
+
+def norm_note(teacher: DetTeacherRecord, stage: DetStageRecord) -> str:
+    """Caption fragment naming how the teacher's BN normalised in the stage (running statistics go unsaid).
+
+    `teacher_norm: batch` turns plain BN only: a ``bn_eval``/``frozen`` backbone keeps its statistics."""
+    if stage.teacher_norm != "batch":
+        return ""
+    if teacher.backbone_norm != "bn":
+        return f", teacher BN: kept pretrained statistics ({teacher.backbone_norm})"
+    return ", teacher BN: batch statistics"
 
 
 def is_detection(record: TeacherRecord) -> bool:

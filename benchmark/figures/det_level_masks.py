@@ -30,6 +30,7 @@ from benchmark.figures.det_common import (
     draw_overlay,
     fmt_metric,
     image_level_masks,
+    norm_note,
     pick_det,
 )
 
@@ -79,7 +80,7 @@ def render(samples: DetSamples, per_image: list[list[LevelMasks]], teacher: DetT
             f"MasKD detection: learned receptive-token masks per FPN level on val images (paper Fig. 1/5)\n"
             f"teacher {teacher.model} key {teacher.key} (AP {fmt_metric(teacher.ap)}) · token stage {stage.key}: "
             f"T = {t}, {stage.steps} steps, weighting {'on' if stage.weighting else 'off'}, masked-teacher AP "
-            f"{fmt_metric(stage.ap)}{stage.norm_note}", fontsize=7)
+            f"{fmt_metric(stage.ap)}{norm_note(teacher, stage)}", fontsize=7)
         assert shown is not None
         fig.colorbar(shown, ax=axes[:, 1:], shrink=0.6, fraction=0.03, pad=0.01, label="mask value M_k(p)")
     return fig

@@ -31,6 +31,7 @@ from benchmark.figures.det_common import (
     draw_overlay,
     fmt_metric,
     image_level_masks,
+    norm_note,
     pick_det,
     pick_level,
 )
@@ -95,7 +96,7 @@ def render(samples: DetSamples, rows: list[LevelMasks], teacher: DetTeacherRecor
             f"{h}×{w} features) (paper Fig. 3b)\nteacher {teacher.model} key {teacher.key} "
             f"(AP {fmt_metric(teacher.ap)}) "
             f"· token stage {stage.key}: T = {t}, {stage.steps} steps, masked-teacher AP {fmt_metric(stage.ap)}"
-            f"{stage.norm_note}\n"
+            f"{norm_note(teacher, stage)}\n"
             "w: per-image token weights of the mask weighting module (softmax over tokens; largest framed)",
             fontsize=7)
         assert shown is not None

@@ -101,7 +101,6 @@ class DetStageRecord(CachedRecord):
         """How the teacher's BN normalised while the tokens were learned (`Preset.teacher_norm`)."""
         return str(self.meta.get("teacher_norm", "running"))
 
-
     @property
     def ap(self) -> float | None:
         return self.meta.get("AP")

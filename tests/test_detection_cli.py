@@ -59,6 +59,31 @@ def test_table1_rebuilds_without_training(det_out: tuple[Path, Path], capsys: py
     assert "faster_r50/" not in capsys.readouterr().out.replace("faster_r50/baseline", "")
 
 
+def test_tables_4_and_7_run_on_smoke(det_out: tuple[Path, Path], tmp_path: Path) -> None:
+    """Their specs run end to end (Faster block, teacher cached by Table 1): each ablation row gets its own
+    token stage (T = 14 tokens; L_task only without L_div), random tokens none, and unrun rows say so."""
+    cache, _ = det_out
+    out = tmp_path / "out"
+    common = ["--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache), "--out", str(out),
+              "--rows", "faster_r50"]
+    stages_before = set((cache / "stages").iterdir())
+    assert main(["--table", "7", *common, "--methods", "maskd_t14"]) == 0
+    assert main(["--table", "4", *common, "--methods", "random", "task_only"]) == 0
+    students = pd.read_csv(out / "ledger.csv").query("role == 'student'")
+    assert sorted(students["method"]) == ["maskd_t14", "random", "task_only"]
+    assert students[METRICS].notna().any(axis=None)
+    new_stages = [yaml.safe_load((d / "meta.json").read_text())["config"]
+                  for d in set((cache / "stages").iterdir()) - stages_before]
+    assert sorted((c["num_tokens"], c["div_weight"]) for c in new_stages) == [(6, 0.0), (14, 1.0)]
+    # The Faster R-CNN block of each table (the FCOS block below it is not run: --rows).
+    table7, table4 = ((out / "tables" / f"table{n}.md").read_text().split("| FCOS R101 → R50 |")[0]
+                      for n in (7, 4))
+    t14 = next(line for line in table7.split("\n") if line.startswith("| T = 14 |"))
+    assert "not run yet" not in t14 and "<br>(paper 41.5) |" in t14
+    assert "| T = 2 | not run yet<br>(paper 41.3) |" in table7
+    assert "| random tokens | not run yet" not in table4 and "| L_div only | not run yet" in table4
+
+
 def test_ledger_ap_equals_cocoeval_of_the_saved_student(det_out: tuple[Path, Path]) -> None:
     """The AP in the ledger is COCOeval's number for that student's checkpoint on the val split."""
     cache, out = det_out

@@ -11,12 +11,14 @@ import torchvision
 from torch import nn
 from torchvision.models.detection import fasterrcnn_resnet50_fpn, fcos_resnet50_fpn, retinanet_resnet50_fpn_v2
 
+from benchmark.engine.dist import sync_batch_norms
 from benchmark.errors import UserError
 from benchmark.models import build_backbone, count_params_m
 from benchmark.models.detectors import (
     DETECTORS,
     MM_BACKEND_NOTE,
     NEEDS_MM_BACKEND,
+    RunningStatisticsNorm,
     build_detector,
     detector_complexity,
     detector_features,
@@ -70,7 +72,6 @@ def test_build_argument_errors() -> None:
     for kwargs, message in (({"num_classes": 1}, "counts the background"),
                             ({"num_classes": 4, "trainable_layers": 6}, "trainable_layers"),
                             ({"num_classes": 4, "norm": "gn"}, "unknown norm"),
-                            ({"num_classes": 4, "norm": "frozen"}, "needs pretrained_backbone"),
                             ({"num_classes": 4, "min_size": 900, "max_size": 800}, "min_size")):
         with pytest.raises(UserError, match=message):
             build_detector("fcos_r50", **kwargs)
@@ -251,3 +252,27 @@ def test_bn_eval_normalises_with_running_statistics_and_trains_affine() -> None:
     plain.load_state_dict(model.state_dict(), strict=True)
     # teacher_norm: batch leaves it alone: a bn_eval teacher never trained on batch statistics.
     assert use_batch_statistics(model) == 0 and use_batch_statistics(plain) > 0
+
+
+def test_sync_batch_norms_keeps_kept_statistics_norms() -> None:
+    """SyncBN on CUDA DDP replaces plain BN only: bn_eval must not go back to batch statistics."""
+    plain, kept = build_detector("fcos_r50", 4, 64, 64), build_detector("fcos_r50", 4, 64, 64, norm="bn_eval")
+    plain_bn = sum(isinstance(m, nn.BatchNorm2d) for m in plain.modules())
+    kept_bn = sum(isinstance(m, RunningStatisticsNorm) for m in kept.modules())
+    assert plain_bn == kept_bn == 53  # ResNet-50: stem + 16 blocks × 3 + 4 downsample BNs
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in sync_batch_norms(plain).modules()) == plain_bn
+    synced = sync_batch_norms(kept)
+    assert sum(isinstance(m, nn.SyncBatchNorm) for m in synced.modules()) == 0
+    assert sum(type(m) is RunningStatisticsNorm for m in synced.modules()) == kept_bn
+
+
+def test_frozen_norm_builds_without_weights_and_takes_them_later() -> None:
+    """FrozenBN is built first and filled by the loader (the harness's order; a checkpoint loads the same way)."""
+    model = build_detector("faster_rcnn_r50", 4, 64, 96, norm="frozen")
+    resnet = torchvision.models.resnet50()
+    with torch.no_grad():
+        resnet.layer2[0].bn1.running_var.uniform_(0.5, 2.0)
+    load_detector_backbone_weights(model, resnet.state_dict())
+    frozen = model.backbone.body.layer2[0].bn1
+    assert isinstance(frozen, torchvision.ops.FrozenBatchNorm2d)
+    assert torch.equal(frozen.running_var, resnet.layer2[0].bn1.running_var)

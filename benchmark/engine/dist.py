@@ -39,8 +39,22 @@ def all_reduce_sum(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
+def sync_batch_norms(module: nn.Module) -> nn.Module:
+    """`module` with SyncBatchNorm in place of every plain ``BatchNorm{1,2,3}d``.
+
+    Unlike ``nn.SyncBatchNorm.convert_sync_batchnorm``, subclasses are left alone: a norm that keeps its
+    statistics (the detectors' ``bn_eval``, a ``BatchNorm2d`` subclass) would otherwise turn back into one
+    that normalises with batch statistics under DDP.
+    """
+    if type(module) in (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d):
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in module.named_children():
+        module.add_module(name, sync_batch_norms(child))
+    return module
+
+
 def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
-    """DDP-wrap the trainable unit; BatchNorm becomes SyncBN on CUDA.
+    """DDP-wrap the trainable unit; plain BatchNorm becomes SyncBN on CUDA (`sync_batch_norms`).
 
     PyTorch's SyncBatchNorm refuses CPU tensors under DDP, so CPU (gloo) runs keep per-process
     BatchNorm statistics; the run log says so.
@@ -48,7 +62,7 @@ def wrap_ddp(module: nn.Module, device: torch.device) -> nn.Module:
     if not dist.is_initialized():
         return module
     if device.type == "cuda":
-        module = nn.SyncBatchNorm.convert_sync_batchnorm(module)
+        module = sync_batch_norms(module)
         return nn.parallel.DistributedDataParallel(module, device_ids=[device.index])
     return nn.parallel.DistributedDataParallel(module)
 

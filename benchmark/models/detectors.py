@@ -36,9 +36,9 @@ the stand-in's BN statistics describe 64×64 patches of another task (but see bn
 stages that learnt from a few thousand patches has no justification, and a randomly initialised FrozenBN is
 the identity, i.e. no normalisation at all. Plain BN with the CPU presets' small batches (2–4 images)
 trains, but its running statistics can disagree with the batch statistics it trained on, badly so for
-RetinaNet (below). ``norm="frozen"`` (torchvision's and mmdet's recipe for real ImageNet weights) needs a
-``pretrained_backbone``. With ``norm="bn"`` and ``trainable_layers < 5`` the frozen stages keep no gradient
-but their BN still normalises with batch statistics in train mode.
+RetinaNet (below). ``norm="frozen"`` (torchvision's recipe for real ImageNet weights) keeps the loaded
+statistics and affine parameters fixed. With ``norm="bn"`` and ``trainable_layers < 5`` the frozen stages
+keep no gradient but their BN still normalises with batch statistics in train mode.
 
 ``norm="bn_eval"`` is mmdet's ``norm_eval=True`` with ``requires_grad=True``, the setting of the paper's
 configs: BatchNorm that always normalises with its running (i.e. loaded, pretrained) statistics and keeps
@@ -46,8 +46,10 @@ its affine parameters trainable (``RunningStatisticsNorm``; same state-dict keys
 exists because plain BN at batch 4 breaks RetinaNet in eval mode: a RetinaNet R50 fitted to 16 training
 images (200 steps, focal loss 0.10 with batch statistics) has focal loss 4.19 on the same images with its
 running statistics and scores AP 5.5 on them; with ``bn_eval`` the two losses agree (0.32) and it scores
-AP 22.4. Load pretrained weights before training, or it normalises with mean 0, var 1: the harness
-refuses a row that is not pretrained with either kept-statistics norm (``KEPT_STATISTICS_NORMS``).
+AP 22.4. Both kept-statistics norms (``KEPT_STATISTICS_NORMS``) need pretrained weights, passed here or
+loaded before training, or they normalise with mean 0, var 1 (FrozenBN: the identity) throughout. They are
+not required at build time, so a model can be built to receive a whole checkpoint; the harness refuses a
+row that is not pretrained with either norm.
 
 Classes: ``num_classes`` counts the background, exactly as torchvision's (labels 1..num_classes−1,
 0 = background). RetinaNet and FCOS have no background logit in principle; they keep an unused class-0
@@ -177,8 +179,8 @@ def build_detector(
     batch in train mode, the last in eval). ``pretrained_backbone``: a classification state dict (file or
     mapping) in torchvision's ResNet layout, loaded as ``load_detector_backbone_weights`` does.
     ``trainable_layers`` (0–5) counts ResNet stages from ``layer4`` down, 5 = all. ``norm`` "bn" (default,
-    see the module docstring), "frozen" (``FrozenBatchNorm2d``, needs ``pretrained_backbone``) or "bn_eval"
-    (mmdet's ``norm_eval``: running statistics always, trainable affine; load pretrained weights).
+    see the module docstring), "frozen" (``FrozenBatchNorm2d``) or "bn_eval" (mmdet's
+    ``norm_eval``: running statistics always, trainable affine); both need pretrained weights before training.
     ``anchor_scale`` multiplies torchvision's default anchor sizes (Faster R-CNN 32–512, RetinaNet 32–512 with 3
     octave scales; FCOS has point anchors and ignores it): small images with small objects need e.g. 0.5, or
     the RPN finds no positive anchor for most objects.
@@ -203,9 +205,6 @@ def build_detector(
                         f"got {trainable_layers!r}")
     if norm not in NORMS:
         raise UserError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
-    if norm == "frozen" and pretrained_backbone is None:
-        raise UserError("norm='frozen' needs pretrained_backbone: frozen statistics of an untrained network are "
-                        "the identity, so the backbone would train without normalisation; use norm='bn'")
     norm_layer = {"bn": nn.BatchNorm2d, "frozen": misc_nn_ops.FrozenBatchNorm2d, "bn_eval": RunningStatisticsNorm}[norm]
     resnet = _RESNETS[spec["backbone"]](weights=None, norm_layer=norm_layer)
     c5 = resnet.inplanes  # 2048 after construction

@@ -139,11 +139,21 @@ def load_table_spec(table: str | None, config_file: Path | None) -> TableSpec:
     try:
         if "blocks" in data:
             shared = {k: v for k, v in data.items() if k in ("table", "title", "task", "methods", "flops_note")}
-            data["blocks"] = tuple(_parse_spec({**shared, **block}) for block in data["blocks"])
+            data["blocks"] = tuple(_parse_spec(_with_method_options({**shared, **block})) for block in data["blocks"])
             data["teacher"] = data["blocks"][0].teacher
         return _parse_spec(data)
     except TypeError as err:
         raise UserError(f"table spec {config_file} is incomplete: {err}") from err
+
+
+def _with_method_options(block: dict[str, Any]) -> dict[str, Any]:
+    """A block's `method_options: {method: options}` under each of its methods' own options (one method list,
+    e.g. Table 4's ablation rows, serves blocks whose detectors need different official options)."""
+    defaults = block.pop("method_options", {})
+    block["methods"] = [m if isinstance(m, str) or m.get("method") not in defaults else
+                        {**m, "options": {**defaults[m["method"]], **m.get("options", {})}}
+                        for m in block.get("methods", (BASELINE,))]
+    return block
 
 
 def _parse_spec(data: dict[str, Any]) -> TableSpec:

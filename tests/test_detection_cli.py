@@ -84,6 +84,18 @@ def test_tables_4_and_7_run_on_smoke(det_out: tuple[Path, Path], tmp_path: Path)
     assert "| random tokens | not run yet" not in table4 and "| L_div only | not run yet" in table4
 
 
+def test_block_method_options_sit_under_each_methods_own() -> None:
+    """Tables 4/7: one method list; the FCOS block adds its official MasKD options, as Table 1's FCOS block."""
+    faster, fcos = load_table_spec("4", None).blocks
+    random = {b.id: next(m for m in b.methods if m.id == "random").options for b in (faster, fcos)}
+    assert random["faster"] == {"reg_kd": False, "masks": "random", "weighting": False, "customization": False}
+    assert random["fcos"] == {**random["faster"], "weight": 10.0, "stage_optimizer": "adam", "stage_lr": 0.01,
+                              "stage_weight_decay": 1e-3}
+    assert [m.options for m in fcos.methods if m.method == "mimic"] == [{}]  # other methods untouched
+    table1_fcos = next(m for m in load_table_spec("1", None).blocks[2].methods if m.id == "maskd").options
+    assert next(m for m in load_table_spec("7", None).blocks[1].methods if m.id == "maskd").options == table1_fcos
+
+
 def test_ledger_ap_equals_cocoeval_of_the_saved_student(det_out: tuple[Path, Path]) -> None:
     """The AP in the ledger is COCOeval's number for that student's checkpoint on the val split."""
     cache, out = det_out

@@ -47,6 +47,8 @@ class ModelConfig:
 
     output_stride: int = 8
     aspp_rates: tuple[int, int, int] | None = None
+    # Segmentation ResNets: start each residual branch's last BN at γ = 0 (see build_backbone).
+    zero_init_residual: bool = False
     detector: dict[str, Any] = field(default_factory=dict)
 
 
@@ -151,7 +153,7 @@ NON_SEMANTIC = {"name", "description", "workers", "log_every", "checkpoint_every
                 "eval_batch_size"}
 # Fields added after the first release hash into keys only when switched on, so earlier runs keep their keys.
 ADDED_LATER = {"warmup_steps": 0, "warmup_ratio": 0.001, "clip_grad_norm": None, "detector": {},
-               "optimizer": "sgd", "lr_decay": "poly"}
+               "optimizer": "sgd", "lr_decay": "poly", "zero_init_residual": False}
 TASKS = ("seg", "det")
 SCHEDULES = ("teacher", "student", "tokens")
 

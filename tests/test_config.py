@@ -18,6 +18,7 @@ from benchmark.config import (
     semantic,
     to_dict,
 )
+from benchmark.engine.pretrain import DETECTION_STANDIN, pretrain_key
 from benchmark.errors import UserError
 from benchmark.plan import load_table_spec, plan_runs
 
@@ -174,3 +175,15 @@ def test_teacher_norm_is_checked_and_hashed_only_when_switched_on() -> None:
     assert keys["running"][1]["mimic"][0] != keys["batch"][1]["mimic"][0]
     with pytest.raises(UserError, match="teacher_norm 'batch' makes them depend on the whole batch"):
         plan_runs(faster, replace(preset, cache_teacher_outputs=True), [0], "data", {})
+
+
+def test_zero_init_residual_rekeys_segmentation_standins_and_runs_only_when_on() -> None:
+    """Off (the default), it hashes as before it existed; on, it re-keys runs and segmentation stand-ins only."""
+    off = load_preset("smoke")
+    on = merge(off, {"model": {"zero_init_residual": True}})
+    assert "zero_init_residual" not in semantic(to_dict(off))["model"]
+    assert semantic(to_dict(on))["model"]["zero_init_residual"] is True
+    assert pretrain_key("resnet101", on) != pretrain_key("resnet101", off)
+    assert pretrain_key("resnet50", on, DETECTION_STANDIN) == pretrain_key("resnet50", off, DETECTION_STANDIN)
+    cpu = load_preset("cpu")  # its segmentation teacher needs it; its detection runs keep their keys
+    assert cpu.model.zero_init_residual and not for_task(cpu, "det").model.zero_init_residual

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from benchmark.errors import UserError
 from benchmark.models import (
@@ -195,3 +196,23 @@ def test_build_errors() -> None:
         build_segmentor("deeplabv3_r18", stem="v1c")
     with pytest.raises(UserError, match="unknown backbone 'resnet34'"):
         build_backbone("resnet34")
+
+
+@pytest.mark.parametrize("name", ["resnet18", "resnet101"])
+def test_zero_init_residual_makes_every_block_start_as_identity(name: str) -> None:
+    torch.manual_seed(0)
+    plain = build_backbone(name, output_stride=16)
+    torch.manual_seed(0)
+    zeroed = build_backbone(name, output_stride=16, zero_init_residual=True)
+    blocks = [m for m in zeroed.modules() if isinstance(m, (BasicBlock, Bottleneck))]
+    assert len(blocks) == {"resnet18": 8, "resnet101": 33}[name]
+    for block in blocks:
+        last_bn = block.bn3 if isinstance(block, Bottleneck) else block.bn2
+        assert not last_bn.weight.any()
+        x = torch.randn(1, block.conv1.in_channels, 5, 5)
+        block.eval()
+        shortcut = block.downsample(x) if block.downsample is not None else x
+        assert torch.equal(block(x), torch.relu(shortcut))  # the residual branch adds exactly zero
+    differing = {k for k, v in plain.state_dict().items() if not torch.equal(v, zeroed.state_dict()[k])}
+    assert differing == {n for n, _ in zeroed.named_parameters() if n.endswith((".bn3.weight", ".bn2.weight"))
+                         and ("bn3" in n) == (name == "resnet101")}

@@ -120,7 +120,7 @@ def _make_layer(
     return nn.Sequential(*layers)
 
 
-def _resnet(name: str, output_stride: int, stem: str) -> Backbone:
+def _resnet(name: str, output_stride: int, stem: str, zero_init_residual: bool) -> Backbone:
     block, depths = _RESNETS[name]
     modules = _stem(stem)
     modules["maxpool"] = nn.MaxPool2d(3, stride=2, padding=1)
@@ -137,6 +137,11 @@ def _resnet(name: str, output_stride: int, stem: str) -> Backbone:
         for conv in m.modules():
             if isinstance(conv, nn.Conv2d):
                 nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")
+    if zero_init_residual:
+        for m in modules.values():
+            for unit in m.modules():
+                if isinstance(unit, (BasicBlock, Bottleneck)):
+                    nn.init.zeros_(unit.bn3.weight if isinstance(unit, Bottleneck) else unit.bn2.weight)
     return Backbone(modules, inplanes, "layer4", "layer3", inplanes // 2, unused_prefixes=("fc.",))
 
 
@@ -150,11 +155,15 @@ def _mobilenetv2(output_stride: int) -> Backbone:
     return Backbone(OrderedDict(features=features), 320, "features.17", None, None, unused)
 
 
-def build_backbone(name: str, output_stride: int = 32, stem: str = "deep") -> Backbone:
+def build_backbone(name: str, output_stride: int = 32, stem: str = "deep",
+                   zero_init_residual: bool = False) -> Backbone:
     """Build ``resnet18``/``resnet50``/``resnet101``/``mobilenetv2`` returning the last feature map.
 
     ``output_stride`` 32 for classification pretraining, 16 or 8 for segmentation. ``stem`` ("deep" or
-    "torchvision") applies to ResNets; MobileNetV2 has a single (torchvision) layout.
+    "torchvision") applies to ResNets; MobileNetV2 has a single (torchvision) layout. ``zero_init_residual``
+    (ResNets) starts the last BN of every residual branch at γ = 0, so each block begins as the identity
+    (Goyal et al., 2017; torchvision's option of the same name): deep ResNets then train much faster from
+    scratch. Loaded weights overwrite it, so it matters only without real pretrained weights.
     """
     if name not in BACKBONES:
         raise UserError(f"unknown backbone {name!r}; valid: {', '.join(BACKBONES)}")
@@ -164,4 +173,4 @@ def build_backbone(name: str, output_stride: int = 32, stem: str = "deep") -> Ba
         return _mobilenetv2(output_stride)
     if name in _GROUPS and stem != "torchvision":
         raise UserError(f"{name} exists with torchvision's stem only (stem='torchvision').")
-    return _resnet(name, output_stride, stem)
+    return _resnet(name, output_stride, stem, zero_init_residual)

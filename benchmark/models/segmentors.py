@@ -76,13 +76,15 @@ def build_segmentor(
     output_stride: int = 8,
     aspp_rates: tuple[int, int, int] | None = None,
     stem: str = "deep",
+    zero_init_residual: bool = False,
 ) -> Segmentor:
     """Build a registered segmentor.
 
     ``output_stride`` 8 (paper: layer3/layer4 dilated 2/4) or 16 (layer4 dilated 2). ``aspp_rates`` None
     means the paper's (12, 24, 36) at OS8 and (6, 12, 18) at OS16; models without ASPP (PSPNet) ignore it, so
     one preset value serves a whole table. ``stem`` "deep"
-    (paper, v1s) or "torchvision" (7×7, loads torchvision ImageNet weights); ignored by MobileNetV2.
+    (paper, v1s) or "torchvision" (7×7, loads torchvision ImageNet weights); ignored by MobileNetV2, as is
+    ``zero_init_residual`` (see ``build_backbone``).
     """
     _check_name(name)
     spec = MODELS[name]
@@ -92,7 +94,7 @@ def build_segmentor(
         raise UserError(f"num_classes must be positive, got {num_classes}")
     if aspp_rates is not None and (len(aspp_rates) != 3 or any(int(r) != r or r < 1 for r in aspp_rates)):
         raise UserError(f"aspp_rates must be three positive integers, got {aspp_rates!r}")
-    backbone = build_backbone(spec["backbone"], output_stride, stem)
+    backbone = build_backbone(spec["backbone"], output_stride, stem, zero_init_residual)
     if spec["head"] == "aspp":
         rates = tuple(aspp_rates) if aspp_rates is not None else PAPER_ASPP_RATES[output_stride]
         head = aspp_head(backbone.out_channels, spec["channels"], num_classes, rates)

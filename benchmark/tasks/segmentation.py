@@ -35,7 +35,7 @@ class SegmentationTask(Task):
     def build_model(self, name: str, preset: Preset) -> nn.Module:
         arch = preset.model
         return build_segmentor(name, num_classes=len(self.class_names), output_stride=arch.output_stride,
-                               aspp_rates=arch.aspp_rates)
+                               aspp_rates=arch.aspp_rates, zero_init_residual=arch.zero_init_residual)
 
     def task_loss(self, schedule: ScheduleConfig) -> TaskLoss:
         return SegmentationLoss(schedule.aux_weight)

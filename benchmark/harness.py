@@ -111,7 +111,9 @@ def _caption(spec: TableSpec, preset: Preset, data_id: str, seeds: list[int], so
     return (
         f"Preset '{preset.name}' ({preset.description}); data {data_id}; "
         f"{preset.data.height}x{preset.data.width} images, output stride {preset.model.output_stride}, "
-        f"ASPP rates {preset.model.aspp_rates or 'paper'}. Teacher: {t.describe()}; students: {s.describe()}; "
+        f"ASPP rates {preset.model.aspp_rates or 'paper'}"
+        f"{', ResNet residual branches zero-initialised' if preset.model.zero_init_residual else ''}. "
+        f"Teacher: {t.describe()}; students: {s.describe()}; "
         f"MasKD token stage: {preset.tokens.describe()}"
         f"{'; teacher outputs looked up per image (batch of 1)' if preset.cache_teacher_outputs else ''}. "
         f"Seeds {', '.join(map(str, seeds))}. Final-checkpoint val mIoU "

@@ -20,6 +20,7 @@ from benchmark.config import (
 )
 from benchmark.engine.pretrain import DETECTION_STANDIN, pretrain_key
 from benchmark.errors import UserError
+from benchmark.harness import _caption
 from benchmark.plan import load_table_spec, plan_runs
 
 
@@ -184,6 +185,14 @@ def test_zero_init_residual_rekeys_segmentation_standins_and_runs_only_when_on()
     assert "zero_init_residual" not in semantic(to_dict(off))["model"]
     assert semantic(to_dict(on))["model"]["zero_init_residual"] is True
     assert pretrain_key("resnet101", on) != pretrain_key("resnet101", off)
+    assert pretrain_key("mobilenetv2", on) == pretrain_key("mobilenetv2", off)  # no residual BN to zero
     assert pretrain_key("resnet50", on, DETECTION_STANDIN) == pretrain_key("resnet50", off, DETECTION_STANDIN)
     cpu = load_preset("cpu")  # its segmentation teacher needs it; its detection runs keep their keys
     assert cpu.model.zero_init_residual and not for_task(cpu, "det").model.zero_init_residual
+
+
+def test_table3_caption_says_when_residual_branches_start_at_zero() -> None:
+    spec = load_table_spec("3", None)
+    captions = {name: _caption(spec, load_preset(name), "data", [0], {}) for name in ("cpu", "smoke")}
+    assert "residual branches zero-initialised" in captions["cpu"]
+    assert "zero-initialised" not in captions["smoke"]

@@ -162,11 +162,15 @@ def for_task(preset: Preset, task: str) -> Preset:
     """The preset as a table of `task` uses it: detection tables apply the preset's `detection` overrides.
 
     A schedule the `detection` block names (teacher, student, tokens) replaces the segmentation one from the
-    defaults up, so no segmentation-only choice (e.g. the cpu teacher's AdamW) leaks into detection runs.
+    defaults up, so no segmentation-only choice (e.g. the cpu teacher's AdamW) leaks into detection runs; nor
+    does ``model.zero_init_residual``, which torchvision's detection backbones do not take.
     """
     if task not in TASKS:
         raise UserError(f"unknown task {task!r} in a table spec; valid tasks: {', '.join(TASKS)}.")
-    if task == "seg" or not preset.detection:
+    if task == "seg":
+        return preset
+    preset = replace(preset, model=replace(preset.model, zero_init_residual=False))
+    if not preset.detection:
         return preset
     fresh = {name: ScheduleConfig() for name in SCHEDULES if name in preset.detection}
     return merge(replace(preset, **fresh), {**preset.detection, "detection": {}}, "detection.")

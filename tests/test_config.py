@@ -189,6 +189,7 @@ def test_zero_init_residual_rekeys_segmentation_standins_and_runs_only_when_on()
     assert pretrain_key("resnet50", on, DETECTION_STANDIN) == pretrain_key("resnet50", off, DETECTION_STANDIN)
     cpu = load_preset("cpu")  # its segmentation teacher needs it; its detection runs keep their keys
     assert cpu.model.zero_init_residual and not for_task(cpu, "det").model.zero_init_residual
+    assert not for_task(replace(on, detection={}), "det").model.zero_init_residual  # no detection block either
 
 
 def test_table3_caption_says_when_residual_branches_start_at_zero() -> None:

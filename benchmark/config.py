@@ -53,6 +53,7 @@ class ModelConfig:
 
 
 OPTIMIZERS = ("sgd", "adam", "adamw")
+PRETRAIN_OPTIMIZERS = ("sgd", "adamw")
 LR_DECAYS = ("poly", "cosine")
 TEACHER_NORMS = ("running", "batch")
 
@@ -102,7 +103,10 @@ class ScheduleConfig:
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    """Stand-in for ImageNet pretraining on the embedded default: multi-label patch classification."""
+    """Stand-in for ImageNet pretraining on the embedded default: multi-label patch classification.
+
+    SGD (momentum 0.9) or AdamW, linear warm-up over ``warmup_steps``, then cosine decay to zero.
+    """
 
     steps: int = 300
     batch_size: int = 32
@@ -110,6 +114,12 @@ class PretrainConfig:
     n_scenes: int = 600
     lr: float = 0.05
     weight_decay: float = 1e-4
+    optimizer: str = "sgd"  # sgd | adamw
+    warmup_steps: int = 0
+
+    def __post_init__(self) -> None:
+        if self.optimizer not in PRETRAIN_OPTIMIZERS:
+            raise UserError(f"unknown pretrain optimizer {self.optimizer!r}; valid: {', '.join(PRETRAIN_OPTIMIZERS)}.")
 
 
 @dataclass(frozen=True)
@@ -163,7 +173,7 @@ def for_task(preset: Preset, task: str) -> Preset:
 
     A schedule the `detection` block names (teacher, student, tokens) replaces the segmentation one from the
     defaults up, so no segmentation-only choice (e.g. the cpu teacher's AdamW) leaks into detection runs; nor
-    does ``model.zero_init_residual``, which torchvision's detection backbones do not take.
+    does ``model.zero_init_residual``: detection takes it only from the `detection` block.
     """
     if task not in TASKS:
         raise UserError(f"unknown task {task!r} in a table spec; valid tasks: {', '.join(TASKS)}.")

@@ -178,18 +178,30 @@ def test_teacher_norm_is_checked_and_hashed_only_when_switched_on() -> None:
         plan_runs(faster, replace(preset, cache_teacher_outputs=True), [0], "data", {})
 
 
-def test_zero_init_residual_rekeys_segmentation_standins_and_runs_only_when_on() -> None:
-    """Off (the default), it hashes as before it existed; on, it re-keys runs and segmentation stand-ins only."""
+def test_zero_init_residual_rekeys_resnet_standins_and_runs_only_when_on() -> None:
+    """Off (the default), it hashes as before it existed; on, it re-keys runs and ResNet stand-ins only."""
     off = load_preset("smoke")
     on = merge(off, {"model": {"zero_init_residual": True}})
     assert "zero_init_residual" not in semantic(to_dict(off))["model"]
     assert semantic(to_dict(on))["model"]["zero_init_residual"] is True
     assert pretrain_key("resnet101", on) != pretrain_key("resnet101", off)
     assert pretrain_key("mobilenetv2", on) == pretrain_key("mobilenetv2", off)  # no residual BN to zero
-    assert pretrain_key("resnet50", on, DETECTION_STANDIN) == pretrain_key("resnet50", off, DETECTION_STANDIN)
-    cpu = load_preset("cpu")  # its segmentation teacher needs it; its detection runs keep their keys
-    assert cpu.model.zero_init_residual and not for_task(cpu, "det").model.zero_init_residual
-    assert not for_task(replace(on, detection={}), "det").model.zero_init_residual  # no detection block either
+    assert pretrain_key("resnet50", on, DETECTION_STANDIN) != pretrain_key("resnet50", off, DETECTION_STANDIN)
+    # Detection takes it from the detection block only: the cpu preset turns it on there, smoke does not.
+    assert not for_task(on, "det").model.zero_init_residual
+    assert not for_task(replace(on, detection={}), "det").model.zero_init_residual
+    assert for_task(load_preset("cpu"), "det").model.zero_init_residual
+
+
+def test_pretrain_optimizer_and_warmup_keep_old_keys_at_their_defaults() -> None:
+    """The stand-in's AdamW and warm-up (added later) re-key only when set; a bad optimizer name is refused."""
+    smoke = load_preset("smoke")
+    adamw = merge(smoke, {"pretrain": {"optimizer": "adamw"}})
+    warm = merge(smoke, {"pretrain": {"warmup_steps": 5}})
+    assert "optimizer" not in semantic(to_dict(smoke.pretrain))
+    assert len({pretrain_key("resnet18", p) for p in (smoke, adamw, warm)}) == 3
+    with pytest.raises(UserError, match=r"unknown pretrain optimizer 'adam'.*valid: sgd, adamw"):
+        merge(smoke, {"pretrain": {"optimizer": "adam"}})
 
 
 def test_table3_caption_says_when_residual_branches_start_at_zero() -> None:

@@ -217,6 +217,15 @@ def test_anchor_scale_shrinks_the_default_anchors() -> None:
         build_detector("faster_rcnn_r50", 4, min_size=64, max_size=64, anchor_scale=0.0)
 
 
+def test_zero_init_residual_zeroes_each_bottlenecks_last_norm_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    plain = build_detector("fcos_r50", 4, 64, 64, norm="bn_eval").state_dict()
+    torch.manual_seed(0)
+    zeroed = build_detector("fcos_r50", 4, 64, 64, norm="bn_eval", zero_init_residual=True).state_dict()
+    changed = {k for k, v in zeroed.items() if not torch.equal(v, plain[k])}
+    assert len(changed) == 16 and all(k.endswith(".bn3.weight") and not zeroed[k].any() for k in changed)
+
+
 def test_retinanet_v2_head_is_torchvisions() -> None:
     """head_norm="gn" + box_loss="giou" is torchvision's retinanet_resnet50_fpn_v2 (P6 from C5 in both)."""
     with torch.device("meta"):

@@ -9,13 +9,15 @@ from typing import Any
 import pytest
 import torch
 
-from benchmark.config import ScheduleConfig, load_preset, merge
+from benchmark.config import PretrainConfig, ScheduleConfig, load_preset, merge
 from benchmark.engine.checkpoint import atomic_torch_save, load_checkpoint
 from benchmark.engine.evaluate import ConfusionMatrix
+from benchmark.engine.pretrain import _standin_lr_factor, train_standin
 from benchmark.engine.sampler import StepBatchSampler
 from benchmark.engine.task_loss import ExtraLoss, SegmentationLoss, TrainUnit
 from benchmark.engine.trainer import NonFiniteLossError, Trainer, build_optimizer, lr_factor
 from benchmark.errors import UserError
+from benchmark.models import build_backbone
 from benchmark.tasks import SegmentationTask
 from tests.conftest import CLASSES4, RandomSegData, TinySegmenter
 
@@ -143,3 +145,20 @@ def test_nan_loss_stops_with_step_and_term_and_keeps_the_checkpoint(tmp_path: Pa
     with pytest.raises(NonFiniteLossError, match=r"step 5: loss_weird=nan; the last good checkpoint is kept"):
         trainer.fit()
     assert load_checkpoint(tmp_path / "checkpoint.pt")["step"] == 3
+
+
+def test_standin_lr_warms_up_linearly_then_follows_the_cosine() -> None:
+    cfg = PretrainConfig(steps=10, warmup_steps=4)
+    factors = [_standin_lr_factor(cfg, step) for step in (0, 3, 5, 10)]
+    assert factors == pytest.approx([0.25 * 0.5 * (1 + math.cos(0)), 0.5 * (1 + math.cos(0.3 * math.pi)),
+                                     0.5 * (1 + math.cos(0.5 * math.pi)), 0.0])
+    assert _standin_lr_factor(PretrainConfig(steps=10), 0) == 1.0  # no warm-up: the cosine alone
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adamw"])
+def test_standin_pretraining_takes_either_optimizer(optimizer: str) -> None:
+    preset = merge(load_preset("smoke"), {"pretrain": {"optimizer": optimizer, "lr": 0.01, "warmup_steps": 1}})
+    before = build_backbone("resnet18", output_stride=32).state_dict()
+    state, metrics = train_standin("resnet18", preset, torch.device("cpu"))
+    assert state.keys() == before.keys() and 0 <= metrics["heldout_label_accuracy"] <= 100
+    assert any(not torch.equal(state[k], before[k]) for k in state if k.endswith("conv1.weight"))

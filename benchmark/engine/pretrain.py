@@ -15,6 +15,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from benchmark.config import Preset, PretrainConfig, to_dict
+from benchmark.config import Preset, PretrainConfig, semantic, to_dict
 from benchmark.data.cityscapes import normalize_images
 from benchmark.data.pretrain_set import make_object_crop_set, make_patch_classification_set
 from benchmark.data.synthetic import GENERATOR_VERSION
@@ -54,13 +55,13 @@ def file_digest(path: Path) -> str:
 
 
 def _zero_init_residual(backbone: str, preset: Preset, standin: Standin) -> bool:
-    """The preset's ``model.zero_init_residual``, which only segmentation ResNets take."""
-    return preset.model.zero_init_residual and standin == SEGMENTATION_STANDIN and backbone.startswith("resnet")
+    """The preset's ``model.zero_init_residual``, which only ResNets take (MobileNetV2 has no residual BN)."""
+    return preset.model.zero_init_residual and backbone.startswith("resnet")
 
 
 def pretrain_key(backbone: str, preset: Preset, standin: Standin = SEGMENTATION_STANDIN) -> str:
     """Cache key of a stand-in; the segmentation one keeps its original key (stem and patch set implied)."""
-    parts = (backbone, to_dict(preset.pretrain), preset.data.height, preset.data.width, GENERATOR_VERSION)
+    parts = (backbone, semantic(to_dict(preset.pretrain)), preset.data.height, preset.data.width, GENERATOR_VERSION)
     if _zero_init_residual(backbone, preset, standin):
         parts = (*parts, "zero_init_residual")
     blob = repr(parts if standin == SEGMENTATION_STANDIN else (*parts, standin.stem, standin.patches.__name__))
@@ -91,6 +92,12 @@ def pretrained_backbone_state(backbone: str, preset: Preset, cache_dir: Path, de
     return entry.state_dict()
 
 
+def _standin_lr_factor(cfg: PretrainConfig, step: int) -> float:
+    """Linear warm-up over ``cfg.warmup_steps``, times cosine decay from 1 to 0 over ``cfg.steps``."""
+    warmup = min(1.0, (step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+    return warmup * 0.5 * (1 + math.cos(math.pi * min(step, cfg.steps) / cfg.steps))
+
+
 def train_standin(backbone_name: str, preset: Preset, device: torch.device,
                   standin: Standin = SEGMENTATION_STANDIN) -> tuple[dict, dict]:
     """Multi-label patch classification; returns the backbone state dict and held-out metrics."""
@@ -105,9 +112,11 @@ def train_standin(backbone_name: str, preset: Preset, device: torch.device,
                               zero_init_residual=_zero_init_residual(backbone_name, preset, standin))
     model = nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(backbone.out_channels, labels.shape[1])).to(device)
-    optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: 0.5 * (1 + math.cos(math.pi * min(s, cfg.steps) / cfg.steps)))
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=0.9, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, partial(_standin_lr_factor, cfg))
     generator = torch.Generator().manual_seed(preset.data.seed)
     torch.manual_seed(preset.data.seed)
     model.train()

@@ -170,6 +170,7 @@ def build_detector(
     anchor_scale: float = 1.0,
     head_norm: str = "none",
     box_loss: str = "l1",
+    zero_init_residual: bool = False,
     **detector_kwargs: Any,
 ) -> nn.Module:
     """Build a registered detector (a bare torchvision model with ``tap_points`` and level attributes).
@@ -187,6 +188,8 @@ def build_detector(
     RetinaNet only: ``head_norm="gn"`` puts GroupNorm(32) after each head conv and ``box_loss`` picks
     torchvision's regression loss ("l1" default, "smooth_l1", "giou", "diou", "ciou"); "gn" with "giou" is
     torchvision's ``retinanet_resnet50_fpn_v2`` head. The defaults are the paper's (mmdet) RetinaNet head.
+    ``zero_init_residual`` zeroes the last norm's scale in every residual branch (torchvision's ResNet option;
+    pretrained weights overwrite it).
     ``detector_kwargs`` go to the torchvision class (e.g. ``box_detections_per_img``, ``score_thresh``).
     Extra attributes: ``family``, ``fpn_levels``, ``fpn_strides``, ``tap_points``.
     """
@@ -206,7 +209,7 @@ def build_detector(
     if norm not in NORMS:
         raise UserError(f"unknown norm {norm!r}; valid: {', '.join(NORMS)}")
     norm_layer = {"bn": nn.BatchNorm2d, "frozen": misc_nn_ops.FrozenBatchNorm2d, "bn_eval": RunningStatisticsNorm}[norm]
-    resnet = _RESNETS[spec["backbone"]](weights=None, norm_layer=norm_layer)
+    resnet = _RESNETS[spec["backbone"]](weights=None, norm_layer=norm_layer, zero_init_residual=zero_init_residual)
     c5 = resnet.inplanes  # 2048 after construction
     extra = {None: LastLevelMaxPool(), "c5": LastLevelP6P7(c5, FPN_CHANNELS),
              "p5": LastLevelP6P7(FPN_CHANNELS, FPN_CHANNELS)}[family["p6_from"]]

@@ -68,7 +68,8 @@ class DetectionTask(Task):
         height, width = self.image_size
         family = DETECTORS[name]["family"] if name in DETECTORS else None
         return build_detector(name, num_classes=len(self.class_names) + 1, min_size=min(height, width),
-                              max_size=max(height, width), **preset.model.detector.get(family, {}))
+                              max_size=max(height, width), zero_init_residual=preset.model.zero_init_residual,
+                              **preset.model.detector.get(family, {}))
 
     def task_loss(self, schedule: ScheduleConfig) -> TaskLoss:
         return DetectionLoss()

@@ -94,6 +94,25 @@ def backbone_norms(preset: Preset) -> str:
     return "".join(f"Backbone norm of {', '.join(names)}: {NORM_NAMES[norm]}. " for norm, names in families.items())
 
 
+def head_variants(preset: Preset) -> str:
+    """A caption sentence naming the RetinaNet head when it is not the paper's mmdet head ('' if it is)."""
+    options = preset.model.detector.get("retinanet", {})
+    norm, loss = options.get("head_norm", "none"), options.get("box_loss", "l1")
+    if (norm, loss) == ("none", "l1"):
+        return ""
+    gn = "GroupNorm after each head conv" if norm == "gn" else "no head norm"
+    return f"RetinaNet head: {gn}, {loss} box loss (paper's mmdet head: no norm, l1; gn + giou = torchvision's v2). "
+
+
+def standin_recipe(preset: Preset) -> str:
+    """A caption sentence on how the embedded-pretrain stand-ins were trained."""
+    p = preset.pretrain
+    zero = ", residual branches zero-initialised" if preset.model.zero_init_residual else ""
+    optimizer = {"sgd": "SGD (momentum 0.9)", "adamw": "AdamW"}[p.optimizer]
+    return (f"Stand-in pretraining: {p.steps} steps x batch {p.batch_size}, {optimizer} lr {p.lr}, "
+            f"wd {p.weight_decay}{zero}. ")
+
+
 def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: dict[str, str]) -> str:
     """Preset, data, schedules and pretrained backbones of a detection table (`sources`: backbone → weights)."""
     t, s, k = preset.teacher, preset.student, preset.tokens
@@ -103,7 +122,8 @@ def detection_caption(preset: Preset, data_id: str, seeds: list[int], sources: d
         f"images, flip {'on' if preset.data.flip else 'off'}. Teacher: {t.describe()}; students: {s.describe()}; "
         f"MasKD token stage: {k.steps} steps x batch {k.batch_size} with each detector's official token "
         "optimizer (Faster R-CNN SGD lr 0.1, wd 1e-4; RetinaNet/FCOS Adam lr 0.01, wd 1e-3; cosine to 1e-6; "
-        f"configs/methods/maskd_det.yaml). {backbone_norms(preset)}{TEACHER_NORM[preset.teacher_norm]} "
+        f"configs/methods/maskd_det.yaml). {backbone_norms(preset)}{head_variants(preset)}"
+        f"{TEACHER_NORM[preset.teacher_norm]} {standin_recipe(preset)}"
         f"Seeds {', '.join(map(str, seeds))}; final checkpoint. "
         f"Pretrained backbones: {pretrained} ('embedded-pretrain' = our ImageNet stand-in: multi-label "
         "classification of object-centred crops of generated detection scenes disjoint from train and val)."

@@ -280,5 +280,8 @@ def test_detection_caption_names_how_the_teacher_normalises() -> None:
     caption = detection_caption(cpu, "synth", [0], {})
     assert "BN normalises with each batch's statistics while distilling" in caption and "AdamW lr 0.0001" in caption
     assert "Backbone norm of fcos, retinanet: BN with kept pretrained statistics" in caption  # faster: plain BN
+    assert "RetinaNet head: GroupNorm after each head conv, giou box loss" in caption
+    assert "Stand-in pretraining: 300 steps x batch 32, AdamW lr 0.001, wd 0.05, residual branches zero-init" in caption
     smoke = detection_caption(for_task(load_preset("smoke"), "det"), "s", [0], {})
     assert "running statistics (eval mode" in smoke and "Backbone norm" not in smoke
+    assert "RetinaNet head" not in smoke and "SGD lr" in smoke and "zero-initialised" not in smoke

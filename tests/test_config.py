@@ -186,7 +186,8 @@ def test_zero_init_residual_rekeys_resnet_standins_and_runs_only_when_on() -> No
     assert semantic(to_dict(on))["model"]["zero_init_residual"] is True
     assert pretrain_key("resnet101", on) != pretrain_key("resnet101", off)
     assert pretrain_key("mobilenetv2", on) == pretrain_key("mobilenetv2", off)  # no residual BN to zero
-    assert pretrain_key("resnet50", on, DETECTION_STANDIN) != pretrain_key("resnet50", off, DETECTION_STANDIN)
+    for backbone in ("resnet50", "resnext101_64x4d"):
+        assert pretrain_key(backbone, on, DETECTION_STANDIN) != pretrain_key(backbone, off, DETECTION_STANDIN)
     # Detection takes it from the detection block only: the cpu preset turns it on there, smoke does not.
     assert not for_task(on, "det").model.zero_init_residual
     assert not for_task(replace(on, detection={}), "det").model.zero_init_residual

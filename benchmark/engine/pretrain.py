@@ -55,8 +55,8 @@ def file_digest(path: Path) -> str:
 
 
 def _zero_init_residual(backbone: str, preset: Preset, standin: Standin) -> bool:
-    """The preset's ``model.zero_init_residual``, which only ResNets take (MobileNetV2 has no residual BN)."""
-    return preset.model.zero_init_residual and backbone.startswith("resnet")
+    """The preset's ``model.zero_init_residual``, which ResNets and ResNeXts take (MobileNetV2 has no residual BN)."""
+    return preset.model.zero_init_residual and backbone.startswith(("resnet", "resnext"))
 
 
 def pretrain_key(backbone: str, preset: Preset, standin: Standin = SEGMENTATION_STANDIN) -> str:

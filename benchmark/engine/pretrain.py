@@ -54,7 +54,7 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()[:12]
 
 
-def _zero_init_residual(backbone: str, preset: Preset, standin: Standin) -> bool:
+def _zero_init_residual(backbone: str, preset: Preset) -> bool:
     """The preset's ``model.zero_init_residual``, which ResNets and ResNeXts take (MobileNetV2 has no residual BN)."""
     return preset.model.zero_init_residual and backbone.startswith(("resnet", "resnext"))
 
@@ -62,7 +62,7 @@ def _zero_init_residual(backbone: str, preset: Preset, standin: Standin) -> bool
 def pretrain_key(backbone: str, preset: Preset, standin: Standin = SEGMENTATION_STANDIN) -> str:
     """Cache key of a stand-in; the segmentation one keeps its original key (stem and patch set implied)."""
     parts = (backbone, semantic(to_dict(preset.pretrain)), preset.data.height, preset.data.width, GENERATOR_VERSION)
-    if _zero_init_residual(backbone, preset, standin):
+    if _zero_init_residual(backbone, preset):
         parts = (*parts, "zero_init_residual")
     blob = repr(parts if standin == SEGMENTATION_STANDIN else (*parts, standin.stem, standin.patches.__name__))
     return hashlib.sha1(blob.encode()).hexdigest()[:12]
@@ -109,7 +109,7 @@ def train_standin(backbone_name: str, preset: Preset, device: torch.device,
     n_val = max(1, len(images) // 10)
     train_x, train_y, val_x, val_y = images[n_val:], labels[n_val:], images[:n_val], labels[:n_val]
     backbone = build_backbone(backbone_name, output_stride=32, stem=standin.stem,
-                              zero_init_residual=_zero_init_residual(backbone_name, preset, standin))
+                              zero_init_residual=_zero_init_residual(backbone_name, preset))
     model = nn.Sequential(backbone, nn.AdaptiveAvgPool2d(1), nn.Flatten(),
                           nn.Linear(backbone.out_channels, labels.shape[1])).to(device)
     if cfg.optimizer == "sgd":

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import functools
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 
@@ -27,6 +28,9 @@ from tables.paper import PAPER_TABLES
 from tables.plot import plot_method_table
 from tables.render import write_table
 
+# Run key → the (row id, method id) cells it fills: one run can fill several (a key hashes the method and its
+# options, not the column, e.g. MTPD's direct R101 column and its chain's first stage).
+Cells = dict[str, set[tuple[str, str]]]
 # Sustained training throughput used only by --dry-run estimates. Measured on 2 EPYC cores (AVX2): ~95
 # GFLOP/s for the ResNet models, ~45 for MobileNetV2 (depthwise convs); the CUDA figure is a guess.
 GFLOPS_PER_S = {"cpu": 45.0 * max(1, torch.get_num_threads()), "cuda": 6000.0}
@@ -60,12 +64,14 @@ def _measured_factors(history: pd.DataFrame, data_id: str, device: torch.device,
     return {model: float(pd.Series(r).median()) for model, r in ratios.items()}
 
 
-def print_plan(teacher: RunSpec, runs: list[RunSpec], session_like: dict, preset: Preset,
+def print_plan(teachers: dict[str, RunSpec], runs: list[RunSpec], session_like: dict, preset: Preset,
                device: torch.device) -> None:
     """--dry-run: every run with its state (done / cached / resumable / to train) and a time estimate.
 
-    The estimate counts FLOPs; a model with finished baseline runs in the ledger (same data, same device
-    type) has its FLOP estimate scaled to their measured speed, marked "(measured)".
+    `teachers`: teacher row id → run, the block's own teacher first, then those its runs name. The estimate
+    counts FLOPs; a model with finished baseline runs in the ledger (same data, same device type) has its FLOP
+    estimate scaled to their measured speed, marked "(measured)". A run planned twice (the same key under two
+    columns) trains once and is counted once.
     """
     ledger: Ledger = session_like["ledger"]
     throughput = GFLOPS_PER_S[device.type]
@@ -76,9 +82,15 @@ def print_plan(teacher: RunSpec, runs: list[RunSpec], session_like: dict, preset
 
     factors = _measured_factors(ledger.frame(), session_like["data_id"], device, flop_seconds)
     total = 0.0
-    print(f"plan for table {teacher.table}, preset {preset.name} ({preset.description}), device {device}")
+    first: dict[str, str] = {}  # run key → the name it is planned under first
+    main = next(iter(teachers.values()))
+    print(f"plan for table {main.table}, preset {preset.name} ({preset.description}), device {device}")
     print(f"{'role':<11}{'run':<36}{'steps x batch':<15}{'state':<22}{'est. time':>10}")
-    for run in [teacher, *runs]:
+    for run in [*teachers.values(), *runs]:
+        if run.key in first:
+            print(f"{run.role:<11}{run.name:<36}{'':<15}{'= ' + first[run.key]:<22}{0:>8.1f} m")
+            continue
+        first[run.key] = run.name
         if run.role == "teacher":
             entry = cache_entry(session_like["cache_dir"], "teachers", run.row.model, run.key)
             done = entry.exists() or session_like["teacher_ckpt"] is not None
@@ -94,7 +106,8 @@ def print_plan(teacher: RunSpec, runs: list[RunSpec], session_like: dict, preset
         batch = run.schedule.batch_size
         step = flop_seconds(run.row.model, batch) * factors.get(run.row.model, 1.0)
         if run.method_name != BASELINE:  # + the teacher's forward pass (a third of its training step)
-            step += flop_seconds(teacher.row.model, batch) / 3 * factors.get(teacher.row.model, 1.0)
+            teacher_model = teachers[run.teacher_id].row.model if run.teacher_id else main.row.model
+            step += flop_seconds(teacher_model, batch) / 3 * factors.get(teacher_model, 1.0)
         seconds = 0.0 if done else step * run.schedule.steps
         total += seconds
         sched = f"{run.schedule.steps} x {batch}"
@@ -123,19 +136,27 @@ def _caption(spec: TableSpec, preset: Preset, data_id: str, seeds: list[int], so
     )
 
 
+def cell_frame(ledger: Ledger, cells: Cells) -> pd.DataFrame:
+    """The ledger rows of the planned runs with their table `row` and `method`, one frame row per cell."""
+    frame = ledger.frame()
+    if not len(frame):
+        return frame
+    frame = frame[frame["key"].isin(list(cells))]
+    frame = frame.assign(cell=[sorted(cells[k]) for k in frame["key"]]).explode("cell", ignore_index=True)
+    frame["row"] = [cell[0] for cell in frame["cell"]]
+    frame["method"] = [cell[1] for cell in frame["cell"]]
+    return frame.drop(columns="cell")
+
+
 def _complexity(spec: TableSpec) -> dict[str, tuple[float, float]]:
     """Params (M) and GFLOPs at 1024×2048 of each model at the paper's architecture (OS8)."""
     models = {r.model for r in (spec.teacher, *spec.students)}
     return {m: (count_params_m(build_segmentor(m)), measure_gflops(m)) for m in sorted(models)}
 
 
-def render(spec: TableSpec, ledger: Ledger, cells: dict[str, tuple[str, str]], caption: str, out: Path) -> str:
-    """Write the table from the ledger rows of the planned runs; `cells` maps run key → (row id, method id)."""
-    frame = ledger.frame()
-    if len(frame):
-        frame = frame[frame["key"].isin(list(cells))].copy()
-        frame["row"] = [cells[k][0] for k in frame["key"]]
-        frame["method"] = [cells[k][1] for k in frame["key"]]
+def render(spec: TableSpec, ledger: Ledger, cells: Cells, caption: str, out: Path) -> str:
+    """Write the table from the ledger rows of the planned runs (`cells`: see `cell_frame`)."""
+    frame = cell_frame(ledger, cells)
     context = {"caption": caption, "complexity": _complexity(spec)}
     paper = PAPER_TABLES[spec.table]()
     table = build_method_table(frame, spec.raw(), context, paper)
@@ -165,14 +186,10 @@ def _backbones(task: str) -> tuple[dict[str, str], Standin]:
     return (BACKBONE_OF, SEGMENTATION_STANDIN) if task == "seg" else (detectors.BACKBONE_OF, DETECTION_STANDIN)
 
 
-def render_detection(spec: TableSpec, ledger: Ledger, cells: dict[str, tuple[str, str]], caption: str,
+def render_detection(spec: TableSpec, ledger: Ledger, cells: Cells, caption: str,
                      out: Path) -> str:
     """Write a detection table (one block per detector, six AP columns) from the planned runs' ledger rows."""
-    frame = ledger.frame()
-    if len(frame):
-        frame = frame[frame["key"].isin(list(cells))].copy()
-        frame["row"] = [cells[k][0] for k in frame["key"]]
-        frame["method"] = [cells[k][1] for k in frame["key"]]
+    frame = cell_frame(ledger, cells)
     table = build_detection_table(frame, spec.raw(), caption, PAPER_TABLES[spec.table]())
     md_path, tex_path = write_table(table, out / "tables", f"table{spec.table}")
     return f"{md_path.read_text()}\nwritten: {md_path}, {tex_path}"
@@ -197,8 +214,10 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
     plans = [plan_runs(block, preset, args.seeds, data_id, sources, _block_rows(block, args.rows), args.methods)
              for block in blocks]
     if args.dry_run:
-        for teacher, runs in plans:
-            print_plan(teacher, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
+        for block, (teacher, runs) in zip(blocks, plans, strict=True):
+            named = plan_teachers(block, preset, data_id, sources)
+            teachers = {teacher.row.id: teacher} | {r.teacher_id: named[r.teacher_id] for r in runs if r.teacher_id}
+            print_plan(teachers, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
                                        "teacher_ckpt": args.teacher_ckpt, "force": args.force,
                                        "data_id": data_id}, preset, device)
         return 0
@@ -207,12 +226,15 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
     session = Session(preset, preset_key, device, args.out, args.cache_dir, data_id, task, train_set,
                       val_set, user_weights, args.teacher_ckpt, args.resume, args.force, ledger)
     headline = task.metrics[0]
-    cells: dict[str, tuple[str, str]] = {}
+    cells: Cells = defaultdict(set)
     for block in spec.blocks or (spec,):  # the ledger's cells of every runnable block, run now or earlier
         if block.backend is None:
             _, every_run = plan_runs(block, preset, args.seeds, data_id, sources)
-            cells |= {r.key: (r.row.id, r.method) for r in every_run}
-            cells |= {t.key: (tid, BASELINE) for tid, t in plan_teachers(block, preset, data_id, sources).items()}
+            for r in every_run:
+                cells[r.key].add((r.row.id, r.method))
+            for tid, t in plan_teachers(block, preset, data_id, sources).items():
+                cells[t.key].add((tid, BASELINE))
+    trained: set[str] = set()
     for block, (teacher, runs) in zip(blocks, plans, strict=True):
         teachers = plan_teachers(block, preset, data_id, sources)
         needed = [teacher.row.id, *sorted({r.teacher_id for r in runs if r.teacher_id} - {teacher.row.id})]
@@ -221,8 +243,11 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
             models[tid], teacher_row = ensure_teacher(teachers[tid], session)
             if dist.is_main() and not ledger.has(teacher_row["key"]):
                 ledger.append(teacher_row)
-            cells[teacher_row["key"]] = (tid, BASELINE)  # a user checkpoint's row has its own key
+            cells[teacher_row["key"]].add((tid, BASELINE))  # a user checkpoint's row has its own key
         for run in runs:
+            if run.key in trained:  # planned under two columns (e.g. a chain's first stage): trains once
+                continue
+            trained.add(run.key)
             row = run_student(run, session, models[run.teacher_id or teacher.row.id])
             if row is not None and dist.is_main():
                 ledger.append(row)

@@ -168,19 +168,24 @@ def test_export_round_trips_into_the_bare_detector(det_out: tuple[Path, Path], t
     assert export_main([str(tmp_path)]) == 2  # no checkpoint there: one message, exit 2
 
 
-def test_mtpd_chain_starts_each_stage_from_the_previous_student(tmp_path: Path) -> None:
+def test_mtpd_chain_starts_each_stage_from_the_previous_student(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """`--table mtpd`: stage 1 inherits from the R101 teacher; stage 2 starts from stage 1's student (no
-    re-inheriting from the X101 teacher) and the table shows the chain beside the MTPD README."""
+    re-inheriting from the X101 teacher) and the table shows the chain beside the MTPD README. Stage 1 is the
+    direct R101 column's run (one key): it trains once, even under --force, and fills both cells."""
     cache, out = tmp_path / "cache", tmp_path / "out"
-    assert main(["--table", "mtpd", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
-                 "--out", str(out), "--methods", "mgd_chain"]) == 0
+    args = ["--table", "mtpd", "--preset", "smoke", "--device", "cpu", "--cache-dir", str(cache),
+            "--out", str(out), "--methods", "mgd_r101", "mgd_chain"]
+    assert main([*args, "--dry-run"]) == 0
+    assert "= retina_r50/mgd_r101/seed0" in capsys.readouterr().out  # planned twice, trained once
+    assert main([*args, "--force"]) == 0
     ledger = pd.read_csv(out / "ledger.csv")
-    assert sorted(ledger["method"]) == ["baseline", "baseline", "mgd_chain", "mgd_chain.stage1"]  # 2 teachers
+    assert sorted(ledger["method"]) == ["baseline", "baseline", "mgd_chain", "mgd_r101"]  # 2 teachers
     runs = ledger[ledger["role"] == "student"].set_index("method")
-    stage1, stage2 = (Path(runs.loc[m, "run_dir"]) for m in ("mgd_chain.stage1", "mgd_chain"))
+    stage1, stage2 = (Path(runs.loc[m, "run_dir"]) for m in ("mgd_r101", "mgd_chain"))
     config1, config2 = (yaml.safe_load((d / "config.yaml").read_text()) for d in (stage1, stage2))
     assert "inherit" in config1 and "init_from" not in config1
-    assert config2["init_from"] == runs.loc["mgd_chain.stage1", "key"] and "inherit" not in config2
+    assert config2["init_from"] == runs.loc["mgd_r101", "key"] and "inherit" not in config2
     assert config1["distill"]["teacher"] != config2["distill"]["teacher"]
     one = torch.load(stage1 / "checkpoint.pt", weights_only=True)["model"]
     two = torch.load(stage2 / "checkpoint.pt", weights_only=True)["model"]
@@ -193,6 +198,8 @@ def test_mtpd_chain_starts_each_stage_from_the_previous_student(tmp_path: Path) 
     table = (out / "tables" / "tablemtpd.md").read_text()
     assert "T: RetinaNet X101-64x4d" in table and "T: RetinaNet R101" in table
     assert "(paper 41.7)" in table and "needs the OpenMMLab backend" in table
+    direct = next(line for line in table.splitlines() if line.startswith("| MGD from R101 (direct)"))
+    assert f"| {runs.loc['mgd_r101', 'AP']:.1f}" in direct and "not run yet" not in direct  # the shared run's cell
 
 
 def test_a_chain_of_one_teacher_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

@@ -71,6 +71,11 @@ def build_detection_table(runs: pd.DataFrame, spec: dict, caption: str, paper: d
         "† = inheriting strategy: the student's neck and heads start from the teacher's weights.",
         f"Paper numbers: {paper['source']}",
     ]
+    if any(m.get("chain") for block in spec["blocks"] for m in block.get("methods", ())):
+        notes.insert(2, "→ = progressive distillation (MTPD): one full student schedule per teacher of the chain, weak "
+                        "to strong, each stage starting from the previous stage's student (the first inherits neck "
+                        "and heads from its teacher: the same run as a direct column with that teacher), so a "
+                        "chain's student trains as many schedules as the chain has teachers.")
     return TableData(title=spec["title"], caption=caption, columns=["Detector / method", *METRICS], rows=rows,
                      notes=notes, label=spec.get("label") or f"tab:table{spec.get('table', '1')}",
                      group_rows=group_rows)

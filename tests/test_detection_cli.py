@@ -198,6 +198,7 @@ def test_mtpd_chain_starts_each_stage_from_the_previous_student(
     table = (out / "tables" / "tablemtpd.md").read_text()
     assert "T: RetinaNet X101-64x4d" in table and "T: RetinaNet R101" in table
     assert "(paper 41.7)" in table and "needs the OpenMMLab backend" in table
+    assert "one full student schedule per teacher of the chain" in table
     direct = next(line for line in table.splitlines() if line.startswith("| MGD from R101 (direct)"))
     assert f"| {runs.loc['mgd_r101', 'AP']:.1f}" in direct and "not run yet" not in direct  # the shared run's cell
 

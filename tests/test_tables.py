@@ -273,6 +273,7 @@ def test_every_shipped_detection_spec_renders(table: str) -> None:
         for teacher in (block["teacher"], *block.get("teachers", ())):
             cell = by_label[f"T: {teacher['label']}"][0][1]
             assert cell.startswith("needs the OpenMMLab backend" if block.get("backend") else "not run yet")
+    assert any(n.startswith("→ = progressive distillation") for n in t.notes) == (table == "mtpd")
 
 
 def test_detection_caption_names_how_the_teacher_normalises() -> None:

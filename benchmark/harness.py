@@ -85,10 +85,12 @@ def print_plan(teachers: dict[str, RunSpec], runs: list[RunSpec], session_like: 
     first: dict[str, str] = {}  # run key → the name it is planned under first
     main = next(iter(teachers.values()))
     print(f"plan for table {main.table}, preset {preset.name} ({preset.description}), device {device}")
-    print(f"{'role':<11}{'run':<36}{'steps x batch':<15}{'state':<22}{'est. time':>10}")
-    for run in [*teachers.values(), *runs]:
+    planned = [*teachers.values(), *runs]
+    width = max(36, *(len(run.name) + 2 for run in planned))
+    print(f"{'role':<11}{'run':<{width}}{'steps x batch':<15}{'state':<22}{'est. time':>10}")
+    for run in planned:
         if run.key in first:
-            print(f"{run.role:<11}{run.name:<36}{'':<15}{'= ' + first[run.key]:<22}{0:>8.1f} m")
+            print(f"{run.role:<11}{run.name:<{width}}{'':<15}{'= ' + first[run.key]:<22}{0:>8.1f} m")
             continue
         first[run.key] = run.name
         if run.role == "teacher":
@@ -112,7 +114,7 @@ def print_plan(teachers: dict[str, RunSpec], runs: list[RunSpec], session_like: 
         total += seconds
         sched = f"{run.schedule.steps} x {batch}"
         source = " (measured)" if not done and run.row.model in factors else ""
-        print(f"{run.role:<11}{run.name:<36}{sched:<15}{state:<22}{seconds / 60:>8.1f} m{source}")
+        print(f"{run.role:<11}{run.name:<{width}}{sched:<15}{state:<22}{seconds / 60:>8.1f} m{source}")
     print(f"estimated training time: {total / 60:.1f} min (rough; excludes data generation, backbone "
           "pretraining, method stages such as MasKD token learning, and evaluation)")
 

@@ -197,6 +197,13 @@ def render_detection(spec: TableSpec, ledger: Ledger, cells: Cells, caption: str
     return f"{md_path.read_text()}\nwritten: {md_path}, {tex_path}"
 
 
+def _needed_teachers(teacher: RunSpec, runs: list[RunSpec], named: dict[str, RunSpec]) -> dict[str, RunSpec]:
+    """Teacher row id → run of the teachers a block's selected runs need: its own teacher first, then those the
+    runs name (`teacher:` / `chain:`), in id order."""
+    others = sorted({r.teacher_id for r in runs if r.teacher_id} - {teacher.row.id})
+    return {teacher.row.id: teacher} | {tid: named[tid] for tid in others}
+
+
 def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device: torch.device,
               user_weights: dict[str, Path]) -> int:
     dist.init_from_env(device)
@@ -217,8 +224,7 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
              for block in blocks]
     if args.dry_run:
         for block, (teacher, runs) in zip(blocks, plans, strict=True):
-            named = plan_teachers(block, preset, data_id, sources)
-            teachers = {teacher.row.id: teacher} | {r.teacher_id: named[r.teacher_id] for r in runs if r.teacher_id}
+            teachers = _needed_teachers(teacher, runs, plan_teachers(block, preset, data_id, sources))
             print_plan(teachers, runs, {"ledger": ledger, "cache_dir": args.cache_dir, "out": args.out,
                                        "teacher_ckpt": args.teacher_ckpt, "force": args.force,
                                        "data_id": data_id}, preset, device)
@@ -238,11 +244,9 @@ def run_table(args: argparse.Namespace, preset: Preset, preset_key: str, device:
                 cells[t.key].add((tid, BASELINE))
     trained: set[str] = set()
     for block, (teacher, runs) in zip(blocks, plans, strict=True):
-        teachers = plan_teachers(block, preset, data_id, sources)
-        needed = [teacher.row.id, *sorted({r.teacher_id for r in runs if r.teacher_id} - {teacher.row.id})]
         models = {}
-        for tid in needed:
-            models[tid], teacher_row = ensure_teacher(teachers[tid], session)
+        for tid, teacher_run in _needed_teachers(teacher, runs, plan_teachers(block, preset, data_id, sources)).items():
+            models[tid], teacher_row = ensure_teacher(teacher_run, session)
             if dist.is_main() and not ledger.has(teacher_row["key"]):
                 ledger.append(teacher_row)
             cells[teacher_row["key"]].add((tid, BASELINE))  # a user checkpoint's row has its own key

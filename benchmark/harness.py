@@ -64,13 +64,25 @@ def _measured_factors(history: pd.DataFrame, data_id: str, device: torch.device,
     return {model: float(pd.Series(r).median()) for model, r in ratios.items()}
 
 
+def speed_factor(model: str, factors: dict[str, float]) -> tuple[float, str]:
+    """The factor that scales `model`'s FLOP estimate, and how it was found: its own measured runs
+    ("measured"); else the median over the models measured on this machine ("scaled": FLOP counts misjudge a
+    machine by the same factor for every model more than they misjudge one model against another); else 1."""
+    if model in factors:
+        return factors[model], "measured"
+    if factors:
+        return float(pd.Series(list(factors.values())).median()), "scaled"
+    return 1.0, ""
+
+
 def print_plan(teachers: dict[str, RunSpec], runs: list[RunSpec], session_like: dict, preset: Preset,
                device: torch.device) -> None:
     """--dry-run: every run with its state (done / cached / resumable / to train) and a time estimate.
 
     `teachers`: teacher row id → run, the block's own teacher first, then those its runs name. The estimate
     counts FLOPs; a model with finished baseline runs in the ledger (same data, same device type) has its FLOP
-    estimate scaled to their measured speed, marked "(measured)". A run planned twice (the same key under two
+    estimate scaled to their measured speed, marked "(measured)", and any other model by the median of those
+    scales, marked "(scaled)". A run planned twice (the same key under two
     columns) trains once and is counted once.
     """
     ledger: Ledger = session_like["ledger"]
@@ -106,14 +118,15 @@ def print_plan(teachers: dict[str, RunSpec], runs: list[RunSpec], session_like: 
         if not done and checkpoint.exists():
             state = "resumable (--resume)"
         batch = run.schedule.batch_size
-        step = flop_seconds(run.row.model, batch) * factors.get(run.row.model, 1.0)
+        factor, source = speed_factor(run.row.model, factors)
+        step = flop_seconds(run.row.model, batch) * factor
         if run.method_name != BASELINE:  # + the teacher's forward pass (a third of its training step)
             teacher_model = teachers[run.teacher_id].row.model if run.teacher_id else main.row.model
-            step += flop_seconds(teacher_model, batch) / 3 * factors.get(teacher_model, 1.0)
+            step += flop_seconds(teacher_model, batch) / 3 * speed_factor(teacher_model, factors)[0]
         seconds = 0.0 if done else step * run.schedule.steps
         total += seconds
         sched = f"{run.schedule.steps} x {batch}"
-        source = " (measured)" if not done and run.row.model in factors else ""
+        source = f" ({source})" if source and not done else ""
         print(f"{run.role:<11}{run.name:<{width}}{sched:<15}{state:<22}{seconds / 60:>8.1f} m{source}")
     print(f"estimated training time: {total / 60:.1f} min (rough; excludes data generation, backbone "
           "pretraining, method stages such as MasKD token learning, and evaluation)")

@@ -20,7 +20,7 @@ from benchmark.config import (
 )
 from benchmark.engine.pretrain import DETECTION_STANDIN, pretrain_key
 from benchmark.errors import UserError
-from benchmark.harness import _caption
+from benchmark.harness import _caption, speed_factor
 from benchmark.plan import load_table_spec, plan_runs
 
 
@@ -210,3 +210,11 @@ def test_table3_caption_says_when_residual_branches_start_at_zero() -> None:
     captions = {name: _caption(spec, load_preset(name), "data", [0], {}) for name in ("cpu", "smoke")}
     assert "residual branches zero-initialised" in captions["cpu"]
     assert "zero-initialised" not in captions["smoke"]
+
+
+def test_dry_run_scales_unmeasured_models_by_the_median_of_the_measured() -> None:
+    """--dry-run: a model's own measured scale first, else the machine's (median over measured models), else 1."""
+    factors = {"faster_rcnn_r101": 0.25, "retinanet_r101": 0.5, "fcos_r101": 0.4}
+    assert speed_factor("retinanet_r101", factors) == (0.5, "measured")
+    assert speed_factor("faster_rcnn_r50", factors) == (0.4, "scaled")
+    assert speed_factor("faster_rcnn_r50", {}) == (1.0, "")

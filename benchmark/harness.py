@@ -82,8 +82,8 @@ def print_plan(teachers: dict[str, RunSpec], runs: list[RunSpec], session_like: 
     `teachers`: teacher row id → run, the block's own teacher first, then those its runs name. The estimate
     counts FLOPs; a model with finished baseline runs in the ledger (same data, same device type) has its FLOP
     estimate scaled to their measured speed, marked "(measured)", and any other model by the median of those
-    scales, marked "(scaled)". A run planned twice (the same key under two
-    columns) trains once and is counted once.
+    scales, marked "(scaled)". A run planned twice (the same key under two columns) trains once and is counted
+    once.
     """
     ledger: Ledger = session_like["ledger"]
     throughput = GFLOPS_PER_S[device.type]
